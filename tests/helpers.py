@@ -12,7 +12,9 @@ def tree_allclose(a, b, rtol: float = 1e-8, atol: float = 1e-10) -> bool:
     lb, tb = jax.tree.flatten(b)
     if ta != tb:
         return False
-    return all(np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(la, lb))
+    return all(
+        np.allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol) for x, y in zip(la, lb)
+    )
 
 
 def assert_tree_allclose(a, b, rtol: float = 1e-8, atol: float = 1e-10) -> None:

@@ -27,6 +27,7 @@ def test_no_known_miscompiling_release(package):
 
 def test_pyproject_excludes_bad_release():
     import pathlib
+
     import tomllib
 
     pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"

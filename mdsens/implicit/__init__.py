@@ -11,7 +11,6 @@ from . import projections as projections
 from . import prox as prox
 from ._root import custom_fixed_point as custom_fixed_point
 from ._root import custom_root as custom_root
-from ._root import fixed_point_map as fixed_point_map
 from ._root import root_jvp as root_jvp
 from ._root import root_vjp as root_vjp
 from ._solution import POLICIES as POLICIES
@@ -21,6 +20,6 @@ from ._solution import Status as Status
 
 __all__ = [
     "bounds", "conditions", "linsolve", "projections", "prox", "custom_root",
-    "custom_fixed_point", "fixed_point_map", "root_jvp", "root_vjp", "POLICIES", "SolveError",
+    "custom_fixed_point", "root_jvp", "root_vjp", "POLICIES", "SolveError",
     "SolveInfo", "Status",
 ]

@@ -157,7 +157,9 @@ def bicgstab_loop(system: FlatSystem, tol, atol, maxiter):
         x, r, p, v, rho, alpha, omega, k, status = state
         rho_new = _dot(rhat, r)
         bad_rho = jnp.abs(rho_new) <= tiny
-        beta = (rho_new / jnp.where(rho == 0, 1.0, rho)) * (alpha / jnp.where(omega == 0, 1.0, omega))
+        beta = (rho_new / jnp.where(rho == 0, 1.0, rho)) * (
+            alpha / jnp.where(omega == 0, 1.0, omega)
+        )
         p = r + beta * (p - omega * v)
         phat = M(p)
         v = A(phat)

@@ -3,7 +3,8 @@ r"""Implicit differentiation of root and fixed-point solvers.
 The invariant is an optimality condition :math:`F(x^\star(\theta), \theta) = 0`. Differentiating
 it gives the implicit function theorem
 
-.. math::  -\partial_1 F(x^\star, \theta)\, \partial x^\star(\theta) = \partial_2 F(x^\star, \theta),
+.. math::
+   -\partial_1 F(x^\star, \theta)\, \partial x^\star(\theta) = \partial_2 F(x^\star, \theta),
 
 so a tangent :math:`\dot\theta` maps to :math:`\dot x` solving
 :math:`A \dot x = -\partial_2 F\,\dot\theta` with :math:`A = \partial_1 F`, and a cotangent
@@ -31,14 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.flatten_util import ravel_pytree
 
 from ._solution import Policy, SolveInfo, check_policy
+from .conditions import fixed_point
 from .linsolve import get_solver
 
 PyTree = Any
 Solve = str | Callable[..., tuple[PyTree, SolveInfo]]
 
-__all__ = ["custom_root", "custom_fixed_point", "root_jvp", "root_vjp", "fixed_point_map"]
+__all__ = ["custom_root", "custom_fixed_point", "root_jvp", "root_vjp"]
 
 
 def _is_array_leaf(leaf) -> bool:
@@ -116,15 +119,6 @@ def custom_root(
     return decorator
 
 
-def fixed_point_map(T: Callable[..., PyTree]) -> Callable[..., PyTree]:
-    """The root map ``F(x, *θ) = T(x, *θ) − x`` of a fixed-point map ``T``."""
-
-    def F(x, *args, **kwargs):
-        return jax.tree.map(jnp.subtract, T(x, *args, **kwargs), x)
-
-    return F
-
-
 def custom_fixed_point(
     T: Callable[..., PyTree],
     solve: Solve = "gmres",
@@ -135,7 +129,7 @@ def custom_fixed_point(
 ):
     """:func:`custom_root` for solvers of ``x = T(x, *args)``, with ``F(x) = T(x) − x``."""
     return custom_root(
-        fixed_point_map(T), solve, has_aux, symmetric=symmetric, on_failure=on_failure
+        fixed_point(T), solve, has_aux, symmetric=symmetric, on_failure=on_failure
     )
 
 
@@ -184,10 +178,15 @@ def _solve_implicit(solver, F, init, args, kwargs, *, solve, has_aux, symmetric,
             lambda d, c: F_closed(x, d, *c), (dyn_leaves, list(consts)),
             (dyn_dot, list(consts_dot)),
         )
-        x_dot = lax.custom_linear_solve(
-            A, _neg(F_theta_dot), solve=forward,
+        # The solve runs on one flat vector: custom_linear_solve cannot transpose a pytree
+        # right-hand side some of whose leaves do not depend on the differentiated input.
+        b_flat, _ = ravel_pytree(_neg(F_theta_dot))
+        _, unravel_x = ravel_pytree(x)
+        A_flat = lambda v: ravel_pytree(A(unravel_x(v)))[0]  # noqa: E731
+        x_dot = unravel_x(lax.custom_linear_solve(
+            A_flat, b_flat, solve=forward,
             transpose_solve=None if symmetric else forward, symmetric=symmetric,
-        )
+        ))
         if has_aux:
             return out, (x_dot, jax.tree.map(_zero_tangent, out[1]))
         return out, x_dot

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mdsens.implicit.projections import kl_projection_simplex
+from .projections import kl_projection_simplex
 
 __all__ = [
     "fixed_point",

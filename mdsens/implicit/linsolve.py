@@ -230,4 +230,5 @@ def get_solver(solve: str | Callable) -> Callable[..., tuple[PyTree, SolveInfo]]
     try:
         return SOLVERS[solve]
     except KeyError:
-        raise ValueError(f"unknown linear solver {solve!r}; choose from {sorted(SOLVERS)}") from None
+        known = sorted(SOLVERS)
+        raise ValueError(f"unknown linear solver {solve!r}; choose from {known}") from None
