@@ -84,6 +84,20 @@ def test_hessian_matches_closed_form():
                                atol=1e-9)
 
 
+def test_higher_order_never_differentiates_the_solver():
+    """A "solver" that returns a precomputed root (constant in θ) still gives exact first and
+    second derivatives at that θ, in every nesting of forward and reverse mode."""
+    lam0 = 1.5
+    w_star = ridge_closed_form(lam0)
+    frozen = custom_root(ridge_F, solve="cg", symmetric=True)(lambda init, lam, X, y: w_star)
+    loss = lambda lam: jnp.sum(frozen(None, lam, X, Y) ** 3)  # noqa: E731
+    ref = lambda lam: jnp.sum(ridge_closed_form(lam) ** 3)  # noqa: E731
+    want = jax.hessian(ref)(lam0)
+    for outer in (jax.jacfwd, jax.jacrev):
+        for inner in (jax.jacfwd, jax.jacrev):
+            np.testing.assert_allclose(outer(inner(loss))(lam0), want, rtol=1e-7)
+
+
 def test_jacobian_wrt_data_matrix_under_jit():
     solver = custom_root(ridge_F, solve="cg", symmetric=True)(ridge_gd)
     w0 = jnp.zeros(6)

@@ -171,7 +171,10 @@ def _solve_implicit(solver, F, init, args, kwargs, *, solve, has_aux, symmetric,
     def implicit_jvp(primals, tangents):
         init, dyn_leaves, consts, solver_consts = primals
         _, dyn_dot, consts_dot, _ = tangents
-        out = solver_closed(init, dyn_leaves, *solver_consts)
+        # Calling the custom_jvp function itself (not the raw solver) keeps the primal
+        # differentiable by the same rule under outer transformations: higher-order
+        # derivatives never differentiate through the solver's iterations.
+        out = implicit(init, dyn_leaves, consts, solver_consts)
         x = out[0] if has_aux else out
         _, A = jax.linearize(lambda u: F_closed(u, dyn_leaves, *consts), x)
         _, F_theta_dot = jax.jvp(
