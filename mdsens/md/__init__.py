@@ -1,0 +1,17 @@
+"""Molecular mechanics on jax-md: systems, potentials, energy models.
+
+``System`` (structure pytree), ``potentials`` (registry: ``potentials.get("lj", ...)``),
+``build(system, potential)`` -> ``EnergyModel`` (energy / neighbour lists / replication).
+"""
+
+from . import potentials as potentials
+from .model import AUTO_NEIGHBOR_THRESHOLD as AUTO_NEIGHBOR_THRESHOLD
+from .model import EnergyModel as EnergyModel
+from .model import Neighbors as Neighbors
+from .model import build as build
+from .potentials import Potential as Potential
+from .potentials import custom as custom
+from .potentials import lennard_jones as lennard_jones
+from .potentials import morse as morse
+from .potentials import soft_sphere as soft_sphere
+from .system import System as System

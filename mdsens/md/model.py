@@ -1,0 +1,412 @@
+r"""EnergyModel: a potential bound to a system's size, boundary conditions and species.
+
+The model is what minimisers and the sensitivity code call::
+
+    model = build(system, potential)                  # neighbor_list="auto", skin=None
+    nbrs = model.allocate(R, cell)                    # host side; None without a list
+    E = model.energy(R, cell, params, nbrs)           # jit / grad / hessian safe
+    nbrs = model.update(R, cell, nbrs)                # jit-able; new positions AND new cell
+    if model.overflowed(nbrs): nbrs = model.allocate(R, cell)
+
+Math and conventions
+--------------------
+* ``R``: ``(N, d)`` Cartesian positions (Å); ``cell``: ``(d, d)``, rows are lattice vectors
+  (ASE); ignored (may be None) for free systems. ``params``: the potential's params pytree.
+* Periodic systems use the minimum image in fractional coordinates,
+  :math:`\Delta s = (R_j - R_i) C^{-1} - \mathrm{round}(\cdot)`, :math:`\Delta R = \Delta s\,C`,
+  exact for any triclinic cell whose perpendicular widths :math:`w_k = 1/|C^{-1}_{:,k}|`
+  exceed twice the cutoff.
+* Small cells: if some :math:`w_k < 2(r_c + \text{skin})`, the model works on the
+  supercell with :math:`n_k = \lceil 2(r_c + \text{skin}) / w_k\rceil` copies along
+  lattice vector k, positions tiled from the user's, :math:`R^{(t)} = R + t\,C`, and
+  returns :math:`E(\text{supercell}) / \prod_k n_k`: the energy of the user's cell, with
+  correct derivatives w.r.t. the user's positions, cell and params. ``replicas`` is fixed
+  at build; it stays valid while the widths exceed :math:`2 r_c` (skin is the margin).
+* Neighbour lists (jax-md, dense format, full i->j and j->i) are used when
+  ``neighbor_list=True`` or, with ``"auto"``, when the (super)cell has more than
+  ``AUTO_NEIGHBOR_THRESHOLD`` atoms. Pairs are listed within :math:`r_c + \text{skin}`;
+  :meth:`EnergyModel.update` rebuilds when an atom moved more than skin/2 since the last
+  build or when the cell changed (a fractional-coordinate list cannot see a box change).
+  Padded slots carry a constant dummy displacement beyond the cutoff (a double ``where``),
+  so parameter and position gradients stay finite.
+* Free systems: plain Cartesian displacements, all pairs or a jax-md cell list over the
+  bounding box (positions outside it are still handled: cells wrap, pairs are pruned by
+  true distance).
+* Forces :math:`F = -\partial E/\partial R`; stress :math:`\sigma = V^{-1}\,\partial E/
+  \partial \varepsilon` at :math:`\varepsilon = 0` with :math:`C' = C(I+\varepsilon)`,
+  :math:`R' = R(I+\varepsilon)` (ASE's sign convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import warnings
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax_md import partition, space
+
+from .potentials.base import Array, Geometry, Params, Potential
+from .system import System
+
+__all__ = ["AUTO_NEIGHBOR_THRESHOLD", "EnergyModel", "Neighbors", "build"]
+
+AUTO_NEIGHBOR_THRESHOLD = 200
+"""``neighbor_list="auto"`` uses a list above this many (super)cell atoms."""
+
+DEFAULT_SKIN_FRACTION = 0.1
+"""Default skin, as a fraction of the cutoff."""
+
+_OVERFLOW_BITS = int(
+    partition.PartitionErrorCode.NEIGHBOR_LIST_OVERFLOW
+    | partition.PartitionErrorCode.CELL_LIST_OVERFLOW
+    | partition.PartitionErrorCode.CELL_SIZE_TOO_SMALL
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbors:
+    """Neighbour-list state of an :class:`EnergyModel` (a pytree; treat as opaque).
+
+    Attributes:
+      nlist: jax-md dense ``NeighborList`` over the internal (super)cell; fractional
+        positions for periodic systems, shifted Cartesian positions for free ones.
+      reference_cell: ``(d, d)`` internal cell at the last rebuild (zeros when free).
+    """
+
+    nlist: partition.NeighborList
+    reference_cell: Array
+
+
+jax.tree_util.register_dataclass(
+    Neighbors, data_fields=["nlist", "reference_cell"], meta_fields=[]
+)
+
+
+def _widths(cell: np.ndarray) -> np.ndarray:
+    """Perpendicular widths ``1 / |column k of inv(cell)|`` of a row-vector cell."""
+    return 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)
+
+
+def _nl_box(cell: Array) -> Array:
+    r"""Upper-triangular jax-md box with the metric of ``cell``: :math:`L^T`, :math:`LL^T = CC^T`.
+
+    Fractional coordinates and distances are unchanged (a rotation), and jax-md's cell
+    list needs an upper-triangular box.
+    """
+    cell = jax.lax.stop_gradient(cell)
+    return jnp.linalg.cholesky(cell @ cell.T).T
+
+
+@contextlib.contextmanager
+def _quiet_jax_md():
+    """Silence jax-md's int64 -> int32 scatter FutureWarning (its code, harmless here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
+        yield
+
+
+def _wrap(S: Array) -> Array:
+    return S - jnp.floor(S)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EnergyModel:
+    """Energy of one system layout under one potential (see the module docstring).
+
+    Build with :func:`build`. Hashed by identity, so it can be a static jit argument.
+
+    Attributes:
+      potential: the :class:`Potential` (its ``params`` are the default ``params``).
+      n_atoms, dim, periodic: the user's system layout.
+      species: ``(N,)`` int32 species indices as the potential sees them.
+      replicas: copies of the user's cell along each lattice vector (all 1 if none).
+      cutoff: interaction range in Å (None when the potential has none).
+      skin: neighbour-list skin and small-cell margin, Å.
+      uses_neighbor_list: whether :meth:`energy` needs ``nbrs``.
+    """
+
+    potential: Potential
+    n_atoms: int
+    dim: int
+    periodic: bool
+    species: np.ndarray
+    replicas: tuple[int, ...]
+    cutoff: float | None
+    skin: float
+    uses_neighbor_list: bool
+    capacity_multiplier: float = 1.25
+    _neighbor_fn: Any = None
+    _origin: np.ndarray | None = None
+    _all_pairs: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def params(self) -> Params:
+        return self.potential.params
+
+    @property
+    def n_copies(self) -> int:
+        return math.prod(self.replicas)
+
+    @property
+    def _pad_distance(self) -> float:
+        return 2.0 * ((self.cutoff or 1.0) + self.skin) + 1.0
+
+    def supercell(self, R: Array, cell: Array | None) -> tuple[Array, Array | None]:
+        r"""Internal positions and cell: :math:`R^{(t)} = R + tC` for every copy t, stacked
+        copy-major to ``(n_copies * N, d)``, and ``diag(replicas) @ cell``."""
+        if not self.periodic:
+            return R, None
+        if self.n_copies == 1:
+            return R, cell
+        t = np.array(list(itertools.product(*(range(n) for n in self.replicas))), float)
+        shifts = jnp.asarray(t, cell.dtype) @ cell
+        R_s = (R[None, :, :] + shifts[:, None, :]).reshape(-1, R.shape[-1])
+        C_s = jnp.asarray(np.array(self.replicas, float), cell.dtype)[:, None] * cell
+        return R_s, C_s
+
+    def _species_s(self) -> np.ndarray:
+        return np.tile(self.species, self.n_copies)
+
+    # ------------------------------------------------------------------ energy
+    def energy(
+        self, R: Array, cell: Array | None, params: Params | None = None, nbrs: Any = None
+    ) -> Array:
+        r"""Potential energy (eV) of the user's cell: :math:`E(\text{supercell})/n_\text{copies}`.
+
+        Args:
+          R: ``(N, d)`` Cartesian positions, Å.
+          cell: ``(d, d)`` rows = lattice vectors, Å (ignored for free systems).
+          params: potential parameters (default: ``potential.params``).
+          nbrs: from :meth:`allocate`/:meth:`update` (required iff ``uses_neighbor_list``).
+        Returns:
+          scalar energy.
+        """
+        params = self.potential.params if params is None else params
+        R_s, C_s = self.supercell(R, cell)
+        if self.uses_neighbor_list:
+            if nbrs is None:
+                raise ValueError(
+                    "this model uses a neighbour list: pass nbrs=model.allocate(R, cell)"
+                )
+            idx = nbrs.nlist.idx
+        else:
+            idx = None if self._all_pairs is None else jnp.asarray(self._all_pairs)
+        geom = Geometry(R_s, C_s, jnp.asarray(self._species_s()), idx, self._pad_distance)
+        e = self.potential.total_energy(params, geom)
+        return e / self.n_copies if self.n_copies > 1 else e
+
+    def forces(
+        self, R: Array, cell: Array | None, params: Params | None = None, nbrs: Any = None
+    ) -> Array:
+        r"""Forces :math:`F = -\partial E / \partial R`, ``(N, d)``, eV/Å."""
+        return -jax.grad(self.energy)(R, cell, params, nbrs)
+
+    def stress(
+        self, R: Array, cell: Array, params: Params | None = None, nbrs: Any = None
+    ) -> Array:
+        r"""Stress :math:`\sigma = V^{-1}\partial E(R(I+\varepsilon), C(I+\varepsilon))/
+        \partial\varepsilon|_0`, ``(d, d)``, eV/Å^d (ASE sign convention)."""
+        if not self.periodic:
+            raise ValueError("stress is defined for periodic systems only")
+
+        def strained(eps: Array) -> Array:
+            F = jnp.eye(self.dim, dtype=cell.dtype) + eps
+            return self.energy(R @ F, cell @ F, params, nbrs)
+
+        g = jax.grad(strained)(jnp.zeros((self.dim, self.dim), cell.dtype))
+        return g / jnp.abs(jnp.linalg.det(cell))
+
+    def check_params(self, params: Params) -> None:
+        """Raise ``ValueError`` if ``params`` reach beyond the cutoff the model was built for."""
+        if self.cutoff is None:
+            return
+        rc = self.potential.cutoff(params)
+        if rc is not None and rc > self.cutoff * (1 + 1e-12):
+            raise ValueError(
+                f"params need cutoff {rc:.4g} Å > {self.cutoff:.4g} Å of this model: rebuild it"
+            )
+
+    # ------------------------------------------------------------------ neighbour lists
+    def _list_positions(self, R_s: Array, C_s: Array | None) -> Array:
+        if self.periodic:
+            return _wrap(R_s @ jnp.linalg.inv(C_s))
+        return R_s - jnp.asarray(self._origin, R_s.dtype)
+
+    def allocate(self, R: Array, cell: Array | None) -> Neighbors | None:
+        """New neighbour list for ``R``, ``cell`` (host side, not jit-able); None if unused."""
+        if not self.uses_neighbor_list:
+            return None
+        R = jax.lax.stop_gradient(jnp.asarray(R))
+        cell = None if cell is None else jax.lax.stop_gradient(jnp.asarray(cell))
+        R_s, C_s = self.supercell(R, cell)
+        X = self._list_positions(R_s, C_s)
+        with _quiet_jax_md():
+            if self.periodic:
+                return Neighbors(self._neighbor_fn.allocate(X, box=_nl_box(C_s)), C_s)
+            nlist = self._neighbor_fn.allocate(X)
+        return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype))
+
+    def update(self, R: Array, cell: Array | None, nbrs: Neighbors | None) -> Neighbors | None:
+        """Neighbour list for new positions and cell (jit-able; keeps the capacity).
+
+        Rebuilds when an atom moved more than ``skin / 2`` since the last build or the cell
+        changed; otherwise returns ``nbrs``. Check :meth:`overflowed` afterwards.
+        """
+        if nbrs is None:
+            return None
+        R = jax.lax.stop_gradient(R)
+        cell = None if cell is None else jax.lax.stop_gradient(cell)
+        R_s, C_s = self.supercell(R, cell)
+        X = self._list_positions(R_s, C_s)
+        ref = nbrs.nlist.reference_position
+        if self.periodic:
+            dX = X - ref
+            dX = (dX - jnp.round(dX)) @ C_s
+            changed = jnp.any(C_s != nbrs.reference_cell)
+        else:
+            dX = X - ref
+            changed = jnp.asarray(False)
+        moved = jnp.max(jnp.sum(dX * dX, axis=-1)) > (0.5 * self.skin) ** 2
+        kw = {"box": _nl_box(C_s)} if self.periodic else {}
+        with _quiet_jax_md():
+            nlist = jax.lax.cond(
+                moved | changed,
+                lambda: nbrs.nlist.update(X, **kw),
+                lambda: nbrs.nlist,
+            )
+        ref_cell = C_s if self.periodic else nbrs.reference_cell
+        return Neighbors(nlist, ref_cell)
+
+    def overflowed(self, nbrs: Neighbors | None) -> Array:
+        """True if the list must be reallocated (``bool`` scalar array; jit-able).
+
+        Tests jax-md's buffer-overflow bits (neighbour and cell list) and the cell-size bit
+        (the cell shrank so that cell-list cells are smaller than the cutoff), never the
+        malformed-box bit (jax-md sets it spuriously).
+        """
+        if nbrs is None:
+            return jnp.asarray(False)
+        return (nbrs.nlist.error.code & _OVERFLOW_BITS) != 0
+
+
+# ----------------------------------------------------------------------------- build
+def _map_species(system: System, potential: Potential) -> np.ndarray:
+    sp = np.asarray(system.species, np.int32)
+    if potential.species is None:
+        return sp
+    pos = {s: k for k, s in enumerate(potential.species)}
+    present = {system.species_names[k] for k in np.unique(sp)}
+    missing = sorted(present - set(pos))
+    if missing:
+        raise ValueError(
+            f"{potential.name}: system species {missing} not among the potential's "
+            f"species {potential.species}"
+        )
+    table = np.array([pos.get(s, 0) for s in system.species_names], np.int32)
+    return table[sp]
+
+
+def _replicas(system: System, reach: float | None) -> tuple[int, ...]:
+    if not system.is_periodic or reach is None:
+        return (1,) * system.dim
+    w = _widths(np.asarray(system.cell, np.float64))
+    return tuple(max(1, int(math.ceil(2.0 * reach / wk - 1e-12))) for wk in w)
+
+
+def build(
+    system: System,
+    potential: Potential,
+    neighbor_list: Literal["auto"] | bool = "auto",
+    skin: float | None = None,
+    capacity_multiplier: float = 1.25,
+) -> EnergyModel:
+    """Bind ``potential`` to ``system``'s layout (atom count, pbc, species, cell size).
+
+    Args:
+      system: the structure (its cell decides the replication).
+      potential: any registered or custom :class:`Potential`.
+      neighbor_list: ``"auto"`` (a list above ``AUTO_NEIGHBOR_THRESHOLD`` internal atoms),
+        True or False.
+      skin: neighbour-list skin and small-cell margin in Å (default 0.1 * cutoff).
+      capacity_multiplier: jax-md's spare neighbour capacity factor at allocation.
+    Raises:
+      ValueError: unknown ``neighbor_list`` value, species the potential lacks, or a list
+        requested for a potential without a cutoff.
+    """
+    if neighbor_list not in ("auto", True, False):
+        raise ValueError(f"neighbor_list must be 'auto', True or False, got {neighbor_list!r}")
+    if not isinstance(system, System):
+        raise TypeError("build: system must be an mdsens.md.System (see System.from_ase)")
+    cutoff = potential.cutoff()
+    cutoff = None if cutoff is None else float(cutoff)
+    if skin is None:
+        skin = 0.0 if cutoff is None else DEFAULT_SKIN_FRACTION * cutoff
+    if skin < 0:
+        raise ValueError(f"skin must be >= 0, got {skin}")
+    reach = None if cutoff is None else cutoff + skin
+    replicas = _replicas(system, reach)
+    n_internal = system.n_atoms * math.prod(replicas)
+    if neighbor_list is True and (cutoff is None or not potential.uses_neighborhood):
+        raise ValueError(
+            f"{potential.name}: a neighbour list needs a neighbourhood potential with a cutoff"
+        )
+    if neighbor_list == "auto":
+        use_nl = (
+            cutoff is not None and potential.uses_neighborhood
+            and n_internal > AUTO_NEIGHBOR_THRESHOLD
+        )
+    else:
+        use_nl = bool(neighbor_list)
+    kw: dict[str, Any] = {}
+    if use_nl:
+        kw.update(_neighbor_setup(system, replicas, reach, capacity_multiplier))
+    elif potential.uses_neighborhood:
+        idx = np.broadcast_to(np.arange(n_internal, dtype=np.int32), (n_internal,) * 2).copy()
+        np.fill_diagonal(idx, n_internal)
+        kw["_all_pairs"] = idx
+    return EnergyModel(
+        potential=potential,
+        n_atoms=system.n_atoms,
+        dim=system.dim,
+        periodic=system.is_periodic,
+        species=_map_species(system, potential),
+        replicas=replicas,
+        cutoff=cutoff,
+        skin=float(skin),
+        uses_neighbor_list=use_nl,
+        capacity_multiplier=float(capacity_multiplier),
+        **kw,
+    )
+
+
+def _neighbor_setup(
+    system: System, replicas: tuple[int, ...], reach: float, capacity_multiplier: float
+) -> dict[str, Any]:
+    R = np.asarray(system.positions, np.float64)
+    if system.is_periodic:
+        C_s = np.array(replicas, float)[:, None] * np.asarray(system.cell, np.float64)
+        box0 = np.linalg.cholesky(C_s @ C_s.T).T
+        displacement, _ = space.periodic_general(jnp.asarray(box0), fractional_coordinates=True)
+        fn = partition.neighbor_list(
+            displacement, jnp.asarray(box0), reach, dr_threshold=0.0,
+            capacity_multiplier=capacity_multiplier, fractional_coordinates=True,
+            format=partition.NeighborListFormat.Dense,
+        )
+        return {"_neighbor_fn": fn}
+    lo, hi = R.min(axis=0), R.max(axis=0)
+    origin = lo - reach
+    box = (hi - lo) + 2.0 * reach
+    displacement, _ = space.free()
+    fn = partition.neighbor_list(
+        displacement, jnp.asarray(box), reach, dr_threshold=0.0,
+        capacity_multiplier=capacity_multiplier, fractional_coordinates=False,
+        format=partition.NeighborListFormat.Dense,
+    )
+    return {"_neighbor_fn": fn, "_origin": origin}

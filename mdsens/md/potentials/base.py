@@ -1,0 +1,365 @@
+r"""Potential base class, the per-evaluation geometry it sees, and the registry.
+
+A :class:`Potential` is a small frozen object: a differentiable ``params`` pytree (a dict
+of arrays), static settings (its other dataclass fields: cutoffs, switches, file paths) and
+``species``, the chemical symbols that per-species parameters refer to. It knows nothing
+about neighbour lists, periodic images or replication: :mod:`mdsens.md.model` turns a
+system into a :class:`Geometry` and calls :meth:`Potential.total_energy` on it.
+
+Writing a potential (the contract)
+----------------------------------
+Subclass :class:`Potential` as a frozen dataclass and implement
+
+* ``energy(params, nb) -> scalar``: the total energy of the atoms of ``nb``, a dense *full*
+  :class:`Neighborhood` (pair i->j and j->i both present); pair potentials therefore sum
+  :math:`\tfrac12 \sum_i \sum_m \phi(r_{im})`.
+* ``cutoff(params=None) -> float``: the interaction range in Å (host side, a Python float)
+  for the given (default: own) parameters. Neighbour lists and small-cell replication use it.
+
+then register a factory with :func:`register`::
+
+    @register("my_pot", aliases=("mp",))
+    def my_pot(a=1.0, *, species=None, r_cutoff=3.0) -> MyPot: ...
+
+Potentials that need something other than a neighbourhood (e.g. :func:`custom`) override
+:meth:`Potential.total_energy` instead and set ``uses_neighborhood = False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.data import atomic_numbers
+
+Array = jax.Array
+Params = dict[str, Array]
+
+__all__ = [
+    "Geometry",
+    "Neighborhood",
+    "Potential",
+    "as_param",
+    "get",
+    "names",
+    "pair_param",
+    "register",
+    "resolve_pair_params",
+]
+
+
+# ----------------------------------------------------------------------------- geometry
+@dataclasses.dataclass(frozen=True)
+class Neighborhood:
+    r"""Dense, full neighbourhood of every atom, safe to differentiate.
+
+    For atom ``i`` and slot ``m``, ``j = idx[i, m]`` is a neighbour (``idx == N`` marks a
+    padded slot). Padded slots hold a constant dummy displacement of length
+    ``pad_distance`` (beyond every cutoff), so ``r`` is never zero there and neither
+    energies nor gradients produce NaN; still multiply contributions by ``mask``.
+
+    Attributes:
+      dR: ``(N, M, d)`` Cartesian vector from atom i to its neighbour,
+        :math:`R_j - R_i` (minimum image for periodic systems), in Å.
+      r: ``(N, M)`` its length :math:`|R_j - R_i|`.
+      mask: ``(N, M)`` bool, True for real neighbours (not necessarily within cutoff).
+      idx: ``(N, M)`` int32 neighbour indices, ``N`` for padding.
+      species: ``(N,)`` int32 species of atom i (index into ``Potential.species``; zeros
+        when the potential has no species).
+      neighbor_species: ``(N, M)`` int32 species of the neighbour (0 in padded slots).
+    """
+
+    dR: Array
+    r: Array
+    mask: Array
+    idx: Array
+    species: Array
+    neighbor_species: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    r"""What a potential sees for one energy evaluation (built inside the traced function).
+
+    Attributes:
+      positions: ``(N, d)`` Cartesian positions in Å (the internal supercell when the
+        model replicates a small cell; the model divides the energy by the copy count).
+      cell: ``(d, d)`` lattice vectors as rows (ASE convention), or None for free systems.
+      species: ``(N,)`` int32 species index (into ``Potential.species`` when the potential
+        has species, else into ``System.species_names``).
+      idx: ``(N, M)`` int32 dense neighbour indices padded with ``N`` (None for potentials
+        with ``uses_neighborhood = False``).
+      pad_distance: length of the dummy displacement put into padded slots.
+    """
+
+    positions: Array
+    cell: Array | None
+    species: Array
+    idx: Array | None
+    pad_distance: float
+
+    @property
+    def periodic(self) -> bool:
+        return self.cell is not None
+
+    def displacement(self, Ra: Array, Rb: Array) -> Array:
+        r"""Minimum-image displacement :math:`R_a - R_b` (shapes broadcast, last axis d).
+
+        Periodic: :math:`\Delta s = (R_a - R_b) C^{-1}`, :math:`\Delta s \leftarrow \Delta s
+        - \mathrm{round}(\Delta s)`, result :math:`\Delta s\, C` (rows of C are lattice
+        vectors). Exact while the cutoff is below half the smallest perpendicular width,
+        which the model guarantees by replication.
+        """
+        dR = Ra - Rb
+        if self.cell is None:
+            return dR
+        ds = dR @ jnp.linalg.inv(self.cell)
+        ds = ds - jnp.round(_stop(ds))
+        return ds @ self.cell
+
+    def neighborhood(self) -> Neighborhood:
+        """Gather the dense :class:`Neighborhood` (displacements to listed neighbours)."""
+        R = self.positions
+        n = R.shape[0]
+        idx = self.idx
+        mask = idx < n
+        j = jnp.where(mask, idx, 0)
+        if self.cell is None:
+            dR = R[j] - R[:, None, :]
+        else:
+            S = R @ jnp.linalg.inv(self.cell)
+            ds = S[j] - S[:, None, :]
+            ds = ds - jnp.round(_stop(ds))
+            dR = ds @ self.cell
+        pad = jnp.zeros(R.shape[-1], R.dtype).at[0].set(self.pad_distance)
+        dR = jnp.where(mask[..., None], dR, pad)
+        r = jnp.sqrt(jnp.sum(dR * dR, axis=-1))
+        nspecies = jnp.where(mask, self.species[j], 0)
+        return Neighborhood(dR, r, mask, idx, self.species, nspecies)
+
+
+def _stop(x: Array) -> Array:
+    """``jax.lax.stop_gradient`` (image shifts are integers: no derivative)."""
+    return jax.lax.stop_gradient(x)
+
+
+# ----------------------------------------------------------------------------- params
+def as_param(value: Any) -> Array:
+    """Convert a parameter value to a jax array, float64 unless the user chose a dtype.
+
+    Python numbers and integer arrays become float64 (float32 when jax x64 is disabled);
+    floating numpy/jax arrays keep their dtype (so explicit float32 is respected).
+    """
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.floating):
+        return value
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    return jnp.asarray(arr)
+
+
+def pair_param(value: Array, species_i: Array, species_j: Array) -> Array:
+    r"""Per-pair value of a parameter: scalar as is, ``(S, S)`` matrix as ``P[s_i, s_j]``.
+
+    Args:
+      value: scalar or ``(S, S)`` array.
+      species_i: ``(N,)`` species of the centre atoms.
+      species_j: ``(N, M)`` species of their neighbours.
+    Returns:
+      scalar or ``(N, M)``.
+    """
+    if jnp.ndim(value) == 0:
+        return value
+    return value[species_i[:, None], species_j]
+
+
+def _species_key(symbol: str) -> tuple[int, str]:
+    return (atomic_numbers.get(symbol, 10**6), symbol)
+
+
+def _pair_key(key: Any) -> tuple[str, str]:
+    if isinstance(key, str):
+        parts = key.split("-")
+        if len(parts) == 2:
+            return parts[0], parts[1]
+    elif isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key):
+        return key
+    raise ValueError(f"pair key {key!r}: expected a tuple ('A', 'B') or a string 'A-B'")
+
+
+def resolve_pair_params(
+    raw: Mapping[str, Any], species: Sequence[str] | None = None
+) -> tuple[Params, tuple[str, ...] | None]:
+    r"""Normalise pair parameters to scalars or symmetric ``(S, S)`` matrices.
+
+    Each value may be
+
+    * a scalar: applies to every pair (keeps shape ``()``);
+    * a dict keyed by species pairs, ``{("Ar", "Kr"): 3.6, ("Ar", "Ar"): 3.4, ...}`` (or
+      ``"Ar-Kr"`` strings): becomes an ``(S, S)`` symmetric matrix; every unordered pair
+      of the species must be given exactly once (either order);
+    * an ``(S, S)`` symmetric array: requires ``species`` (its row/column labels).
+
+    Species order: ``species`` when given, else the symbols of all dict keys sorted by
+    atomic number (then name, for non-elements).
+
+    Returns:
+      ``(params, species)``; ``species`` is None when every parameter is a scalar and no
+      species were given.
+    """
+    names_: list[str] = list(species) if species is not None else []
+    if species is None:
+        found: set[str] = set()
+        for value in raw.values():
+            if isinstance(value, Mapping):
+                for key in value:
+                    found.update(_pair_key(key))
+        names_ = sorted(found, key=_species_key)
+    if len(set(names_)) != len(names_):
+        raise ValueError(f"duplicate species in {tuple(names_)}")
+    pos = {s: k for k, s in enumerate(names_)}
+    out: Params = {}
+    for name, value in raw.items():
+        if isinstance(value, Mapping):
+            mat = np.full((len(names_), len(names_)), np.nan)
+            for key, v in value.items():
+                a, b = _pair_key(key)
+                if a not in pos or b not in pos:
+                    raise ValueError(f"{name}: species pair {key!r} not in species {tuple(names_)}")
+                if not np.isnan(mat[pos[a], pos[b]]):
+                    raise ValueError(f"{name}: species pair {key!r} given twice")
+                mat[pos[a], pos[b]] = mat[pos[b], pos[a]] = float(v)
+            missing = [
+                f"{a}-{b}" for a in names_ for b in names_ if pos[a] <= pos[b] and
+                np.isnan(mat[pos[a], pos[b]])
+            ]
+            if missing:
+                raise ValueError(f"{name}: missing species pairs {', '.join(missing)}")
+            out[name] = as_param(mat)
+            continue
+        arr = as_param(value)
+        if arr.ndim == 2:
+            if species is None:
+                raise ValueError(f"{name}: an (S, S) matrix needs species=(...) naming its rows")
+            if arr.shape != (len(names_), len(names_)):
+                raise ValueError(f"{name}: shape {arr.shape}, expected {(len(names_),) * 2}")
+            if not isinstance(arr, jax.core.Tracer) and not np.allclose(arr, arr.T):
+                raise ValueError(f"{name}: per-pair matrix must be symmetric")
+        elif arr.ndim != 0:
+            raise ValueError(f"{name}: expected a scalar or an (S, S) matrix, got {arr.shape}")
+        out[name] = arr
+    if species is None and not names_:
+        return out, None
+    return out, tuple(names_)
+
+
+# ----------------------------------------------------------------------------- potential
+@dataclasses.dataclass(frozen=True, eq=False)
+class Potential:
+    r"""Base class of all potentials (frozen; hashed by identity so it can be jit-static).
+
+    Attributes:
+      params: the differentiable parameters, ``{name: array}``; a scalar applies to all
+        species pairs, an ``(S, S)`` symmetric matrix is per pair (rows/columns follow
+        ``species``). Shapes are kept as the user gave them, so derivatives come back in
+        the same shapes. The gradient w.r.t. a matrix is symmetric; the derivative w.r.t.
+        the physical a-b parameter (both entries moving together) is ``G[a, b] + G[b, a]``.
+      species: chemical symbols that per-species parameters refer to, or None.
+
+    Subclasses add static settings as further dataclass fields (with defaults).
+    """
+
+    name: ClassVar[str] = "potential"
+    uses_neighborhood: ClassVar[bool] = True
+
+    params: Params
+    species: tuple[str, ...] | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The static settings (every dataclass field other than params and species)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("params", "species")
+        }
+
+    def with_params(self, **updates: Any) -> Potential:
+        """A copy with some parameters replaced (same validation as the factory)."""
+        unknown = set(updates) - set(self.params)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameters {sorted(unknown)}")
+        merged = {**self.params, **updates}
+        params, species = resolve_pair_params(merged, self.species)
+        return dataclasses.replace(self, params=params, species=species)
+
+    def cutoff(self, params: Params | None = None) -> float | None:
+        """Interaction range in Å for ``params`` (default: own); None if unbounded."""
+        raise NotImplementedError
+
+    def energy(self, params: Params, nb: Neighborhood) -> Array:
+        """Total energy (eV) of the atoms of ``nb``; see the module docstring."""
+        raise NotImplementedError
+
+    def total_energy(self, params: Params, geometry: Geometry) -> Array:
+        """Energy of a :class:`Geometry`; default: ``energy(params, geometry.neighborhood())``."""
+        return self.energy(params, geometry.neighborhood())
+
+    def build(self, system: Any, neighbor_list: Any = "auto", skin: float | None = None, **kw: Any):
+        """Shortcut for :func:`mdsens.md.model.build` ``(system, self, ...)``."""
+        from ..model import build
+
+        return build(system, self, neighbor_list=neighbor_list, skin=skin, **kw)
+
+
+# ----------------------------------------------------------------------------- registry
+_FACTORIES: dict[str, Callable[..., Potential]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(
+    name: str, factory: Callable[..., Potential] | None = None, *, aliases: Sequence[str] = ()
+):
+    """Register a potential factory under ``name`` (and ``aliases``).
+
+    Use as ``register("lj_like", factory)`` or as a decorator ``@register("lj_like")``.
+    Re-registering a name raises ``ValueError``.
+    """
+
+    def _add(f: Callable[..., Potential]) -> Callable[..., Potential]:
+        for key in (name, *aliases):
+            if key in _FACTORIES or key in _ALIASES:
+                raise ValueError(f"potential name {key!r} is already registered")
+        _FACTORIES[name] = f
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return f
+
+    return _add if factory is None else _add(factory)
+
+
+def get(name: str, **kwargs: Any) -> Potential:
+    """Build the potential registered as ``name`` (or an alias) with ``kwargs``."""
+    key = _ALIASES.get(name, name)
+    if key not in _FACTORIES:
+        raise ValueError(f"unknown potential {name!r}; known: {', '.join(names(aliases=True))}")
+    return _FACTORIES[key](**kwargs)
+
+
+def names(aliases: bool = False) -> tuple[str, ...]:
+    """Registered potential names (canonical; with ``aliases=True`` also the aliases)."""
+    out = sorted(_FACTORIES)
+    if aliases:
+        out += sorted(_ALIASES)
+    return tuple(out)
+
+
+def factories() -> dict[str, Callable[..., Potential]]:
+    """Canonical name and alias -> factory (a copy)."""
+    out = dict(_FACTORIES)
+    out.update({a: _FACTORIES[n] for a, n in _ALIASES.items()})
+    return out

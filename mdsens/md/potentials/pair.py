@@ -1,0 +1,205 @@
+r"""Pair potentials: Lennard-Jones, soft sphere, Morse (jax-md's elementary functions).
+
+Every pair potential has the energy
+
+.. math::  E = \tfrac12 \sum_i \sum_{j \ne i} \phi(r_{ij};\, p_{s_i s_j}),
+
+over all periodic images within the cutoff, where a parameter :math:`p` is either one
+scalar for every pair or an ``(S, S)`` symmetric matrix indexed by the species of the two
+atoms. Species are addressed by chemical symbol::
+
+    lennard_jones(sigma=3.4, epsilon=0.0104)                         # one species / all pairs
+    lennard_jones(sigma={("Ar", "Ar"): 3.40, ("Ar", "Kr"): 3.52, ("Kr", "Kr"): 3.65},
+                  epsilon=0.0104)                                     # per pair, by symbol
+    lennard_jones(sigma=[[3.40, 3.52], [3.52, 3.65]], species=("Ar", "Kr"))  # explicit matrix
+
+A dict becomes an ``(S, S)`` matrix whose rows follow ``species`` (default: the symbols of
+the dict keys sorted by atomic number); a scalar stays a scalar. See
+:func:`mdsens.md.potentials.base.resolve_pair_params`.
+
+Units: ASE (lengths Å, energies eV); any consistent units work (e.g. reduced LJ units).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jax_md import energy as jmd_energy
+
+from .base import Array, Neighborhood, Params, Potential, pair_param, register, resolve_pair_params
+
+__all__ = [
+    "LennardJones",
+    "Morse",
+    "PairPotential",
+    "SoftSphere",
+    "lennard_jones",
+    "morse",
+    "soft_sphere",
+]
+
+
+def _max(value: Any) -> float:
+    return float(np.max(np.asarray(value)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PairPotential(Potential):
+    r"""A potential :math:`E = \frac12 \sum_i \sum_{j\neq i} \phi(r_{ij}; p_{s_i s_j})`.
+
+    Subclasses implement ``pair_energy(r, **p)`` (elementwise in ``r``, parameters already
+    broadcast per pair) and ``cutoff``.
+    """
+
+    def pair_energy(self, r: Array, **p: Array) -> Array:
+        raise NotImplementedError
+
+    def energy(self, params: Params, nb: Neighborhood) -> Array:
+        p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in params.items()}
+        e = self.pair_energy(nb.r, **p)
+        return 0.5 * jnp.sum(jnp.where(nb.mask, e, 0.0))
+
+
+def _check_switch(r_onset: float, r_cutoff: float) -> None:
+    if not 0.0 < r_onset < r_cutoff:
+        raise ValueError(f"need 0 < r_onset < r_cutoff, got {r_onset}, {r_cutoff}")
+
+
+# ----------------------------------------------------------------------------- LJ
+@dataclasses.dataclass(frozen=True, eq=False)
+class LennardJones(PairPotential):
+    r"""Lennard-Jones with jax-md's C¹ switch; every length scales with :math:`\sigma`.
+
+    .. math::
+       \phi(r) = 4\epsilon\left[(\sigma/r)^{12} - (\sigma/r)^6\right] S(r),\qquad
+       S(r) = \begin{cases} 1 & r < r_o \\
+       \frac{(r_c^2 - r^2)^2 (r_c^2 + 2r^2 - 3r_o^2)}{(r_c^2 - r_o^2)^3} & r_o \le r < r_c\\
+       0 & r \ge r_c\end{cases}
+
+    with :math:`r_o = \text{r\_onset}\,\sigma_{ij}` and :math:`r_c = \text{r\_cutoff}\,
+    \sigma_{ij}` per pair (identical to ASE ``LennardJones(rc=2.5σ, ro=2.0σ, smooth=True)``).
+
+    Params: ``sigma`` (Å, default 1), ``epsilon`` (eV, default 1).
+    Settings: ``r_onset`` = 2.0, ``r_cutoff`` = 2.5, in units of sigma.
+    """
+
+    name = "lennard_jones"
+    r_onset: float = 2.0
+    r_cutoff: float = 2.5
+
+    def pair_energy(self, r: Array, sigma: Array, epsilon: Array) -> Array:
+        fn = jmd_energy.multiplicative_isotropic_cutoff(
+            jmd_energy.lennard_jones, self.r_onset * sigma, self.r_cutoff * sigma
+        )
+        return fn(r, sigma=sigma, epsilon=epsilon)
+
+    def cutoff(self, params: Params | None = None) -> float:
+        params = self.params if params is None else params
+        return self.r_cutoff * _max(params["sigma"])
+
+
+@register("lennard_jones", aliases=("lj",))
+def lennard_jones(
+    sigma: Any = 1.0,
+    epsilon: Any = 1.0,
+    *,
+    species: Sequence[str] | None = None,
+    r_onset: float = 2.0,
+    r_cutoff: float = 2.5,
+) -> LennardJones:
+    """Lennard-Jones potential (see :class:`LennardJones`; parameters as in the module doc)."""
+    _check_switch(r_onset, r_cutoff)
+    params, sp = resolve_pair_params({"sigma": sigma, "epsilon": epsilon}, species)
+    return LennardJones(params, sp, float(r_onset), float(r_cutoff))
+
+
+# ----------------------------------------------------------------------------- soft sphere
+@dataclasses.dataclass(frozen=True, eq=False)
+class SoftSphere(PairPotential):
+    r"""Soft-sphere overlap potential (jax-md ``energy.soft_sphere``).
+
+    .. math:: \phi(r) = \frac{\epsilon}{\alpha}\,(1 - r/\sigma)^\alpha \ (r < \sigma),
+              \quad 0 \ (r \ge \sigma).
+
+    Params: ``sigma`` (diameter, Å, default 1), ``epsilon`` (eV, default 1), ``alpha``
+    (dimensionless stiffness exponent, default 2). The cutoff is ``max(sigma)``.
+    """
+
+    name = "soft_sphere"
+
+    def pair_energy(self, r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
+        return jmd_energy.soft_sphere(r, sigma=sigma, epsilon=epsilon, alpha=alpha)
+
+    def cutoff(self, params: Params | None = None) -> float:
+        params = self.params if params is None else params
+        return _max(params["sigma"])
+
+
+@register("soft_sphere")
+def soft_sphere(
+    sigma: Any = 1.0,
+    epsilon: Any = 1.0,
+    alpha: Any = 2.0,
+    *,
+    species: Sequence[str] | None = None,
+) -> SoftSphere:
+    """Soft-sphere potential (see :class:`SoftSphere`)."""
+    params, sp = resolve_pair_params(
+        {"sigma": sigma, "epsilon": epsilon, "alpha": alpha}, species
+    )
+    return SoftSphere(params, sp)
+
+
+# ----------------------------------------------------------------------------- Morse
+@dataclasses.dataclass(frozen=True, eq=False)
+class Morse(PairPotential):
+    r"""Morse potential (jax-md ``energy.morse``) with jax-md's C¹ switch.
+
+    .. math:: \phi(r) = \epsilon\left[(1 - e^{-\alpha (r - \sigma)})^2 - 1\right] S(r)
+              = \epsilon\left[e^{-2\alpha(r-\sigma)} - 2e^{-\alpha(r-\sigma)}\right] S(r)
+
+    with the switch :math:`S` of :class:`LennardJones`, :math:`r_o = \text{r\_onset}\,
+    \sigma_{ij}`, :math:`r_c = \text{r\_cutoff}\,\sigma_{ij}`. ASE's ``MorsePotential``
+    has the same unswitched form with ``r0 = sigma``, ``rho0 = alpha * sigma`` (but a
+    different switch).
+
+    Params: ``sigma`` (equilibrium distance, Å, default 1), ``epsilon`` (well depth, eV,
+    default 5), ``alpha`` (inverse width, 1/Å, default 5) -- jax-md's defaults.
+    Settings: ``r_onset`` = 2.0, ``r_cutoff`` = 2.5, in units of sigma.
+    """
+
+    name = "morse"
+    r_onset: float = 2.0
+    r_cutoff: float = 2.5
+
+    def pair_energy(self, r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
+        fn = jmd_energy.multiplicative_isotropic_cutoff(
+            jmd_energy.morse, self.r_onset * sigma, self.r_cutoff * sigma
+        )
+        return fn(r, sigma=sigma, epsilon=epsilon, alpha=alpha)
+
+    def cutoff(self, params: Params | None = None) -> float:
+        params = self.params if params is None else params
+        return self.r_cutoff * _max(params["sigma"])
+
+
+@register("morse")
+def morse(
+    sigma: Any = 1.0,
+    epsilon: Any = 5.0,
+    alpha: Any = 5.0,
+    *,
+    species: Sequence[str] | None = None,
+    r_onset: float = 2.0,
+    r_cutoff: float = 2.5,
+) -> Morse:
+    """Morse potential (see :class:`Morse`)."""
+    _check_switch(r_onset, r_cutoff)
+    params, sp = resolve_pair_params(
+        {"sigma": sigma, "epsilon": epsilon, "alpha": alpha}, species
+    )
+    return Morse(params, sp, float(r_onset), float(r_cutoff))
