@@ -1,34 +1,37 @@
-"""Demo: implicit differentiation of a ridge-regression solver (placeholder for the MD demo).
+"""Demo: the command line on 32-atom argon (run with `make demo`, about a minute).
 
-Run with `make demo`. Prints the hypergradient by implicit differentiation next to the
-closed form.
+1. ``mdsens sensitivity``: relax the cell and positions of perturbed fcc argon (Lennard-Jones)
+   and differentiate positions, energy and volume with respect to sigma and epsilon;
+2. ``mdsens plot``: per-atom arrows of d positions / d sigma and the scalar derivatives;
+3. ``mdsens inspect``: the summary. Output goes to ``demo_output/``.
 """
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from __future__ import annotations
 
-from mdsens.implicit import custom_root
+import subprocess
+import sys
+from pathlib import Path
 
-jax.config.update("jax_enable_x64", True)
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path("demo_output")
+
+
+def mdsens(*args: str) -> None:
+    """Run ``mdsens ARGS`` (``python -m mdsens.cli``), echo it, stop on a non-zero exit."""
+    print("$ mdsens " + " ".join(args), flush=True)
+    code = subprocess.call([sys.executable, "-m", "mdsens.cli", *args], cwd=ROOT)
+    if code != 0:
+        sys.exit(code)
 
 
 def main() -> None:
-    rng = np.random.default_rng(0)
-    X = jnp.asarray(rng.normal(size=(50, 8)))
-    y = jnp.asarray(rng.normal(size=50))
-
-    def F(w, lam):
-        return X.T @ (X @ w - y) + lam * w
-
-    @custom_root(F, solve="cg", symmetric=True)
-    def ridge(init, lam):
-        return jnp.linalg.solve(X.T @ X + lam * jnp.eye(8), X.T @ y)
-
-    dw = jax.jacfwd(lambda lam: ridge(None, lam))(1.0)
-    closed = -jnp.linalg.solve(X.T @ X + jnp.eye(8), ridge(None, 1.0))
-    print("dw*/dλ (implicit):   ", np.asarray(dw).round(6))
-    print("dw*/dλ (closed form):", np.asarray(closed).round(6))
+    (ROOT / OUT).mkdir(exist_ok=True)
+    mdsens("sensitivity", "data/ar_fcc_32.extxyz", "-p", "lj", "--param", "sigma=3.4",
+           "--param", "epsilon=0.0104", "--wrt", "sigma", "--wrt", "epsilon",
+           "--observable", "positions", "--observable", "energy", "--observable", "volume",
+           "--relax-cell", "-o", str(OUT / "argon.h5"), "--overwrite")
+    mdsens("plot", str(OUT / "argon.h5"), "-o", str(OUT / "argon.png"), "--overwrite")
+    mdsens("inspect", str(OUT / "argon.h5"))
 
 
 if __name__ == "__main__":

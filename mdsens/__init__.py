@@ -1,12 +1,50 @@
 """mdsens: sensitivity analysis of relaxed molecular systems by implicit differentiation.
 
-``mdsens.implicit`` is the domain-free core (custom_root, linear solvers, optimality
-conditions). Enable float64 in your program (``jax.config.update("jax_enable_x64", True)``)
-for sensitivities; the library never changes JAX's global configuration on import.
+Public API (imported lazily, so that ``import mdsens`` and the command line stay fast):
+
+- ``mdsens.relax(system, potential, ...)``: energy minimisation (FIRE / GD, fixed or
+  relaxing cell) -> ``Relaxation``.
+- ``mdsens.sensitivity(system, potential, wrt=..., observables=...)``: derivatives of the
+  relaxed state -> ``Sensitivity``.
+- ``mdsens.potentials``: the potential registry (``potentials.get("lj", sigma=3.4)``).
+- ``mdsens.System``: the structure pytree (``System.from_ase(atoms)``).
+- ``mdsens.implicit``: the domain-free implicit-differentiation core.
+
+Enable float64 in your program (``jax.config.update("jax_enable_x64", True)``) for
+sensitivities; the library never changes JAX's global configuration on import.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from . import implicit as implicit  # noqa: E402
+_LAZY = {
+    "implicit": ("mdsens.implicit", None),
+    "md": ("mdsens.md", None),
+    "io": ("mdsens.io", None),
+    "potentials": ("mdsens.md.potentials", None),
+    "System": ("mdsens.md.system", "System"),
+    "relax": ("mdsens.md.minimize", "relax"),
+    "Relaxation": ("mdsens.md.minimize", "Relaxation"),
+    "sensitivity": ("mdsens.md.sensitivity", "sensitivity"),
+    "Sensitivity": ("mdsens.md.sensitivity", "Sensitivity"),
+}
 
-__all__ = ["__version__", "implicit"]
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mdsens' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

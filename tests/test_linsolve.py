@@ -171,3 +171,14 @@ def test_bad_policy_and_solver_names():
         linsolve.cg(lambda v: v, jnp.ones(3), on_failure="explode")
     with pytest.raises(ValueError, match="unknown linear solver"):
         linsolve.get_solver("magic")
+
+
+@pytest.mark.parametrize("solver", ["cg", "minres", "gmres"])
+def test_rhs_entirely_in_nullspace_gives_zero(solver):
+    """A ring Laplacian with b along its null vector: x = 0, success, component reported."""
+    n = 10
+    L = 2 * np.eye(n) - np.roll(np.eye(n), 1, 0) - np.roll(np.eye(n), -1, 0)
+    x, info = linsolve.SOLVERS[solver](lambda v: L @ v, 0.3 * jnp.ones(n),
+                                       nullspace=np.ones((1, n)))
+    np.testing.assert_allclose(x, 0.0, atol=1e-12)
+    np.testing.assert_allclose(float(info.nullspace_component), 0.3 * np.sqrt(n), rtol=1e-12)

@@ -15,8 +15,14 @@ RESIDUAL_SLACK = 10.0
 
 
 def threshold(system: FlatSystem, tol: float, atol: float) -> jax.Array:
-    """Residual bound ``max(tol ‖P b‖, atol)``."""
-    return jnp.maximum(tol * jnp.linalg.norm(system.b), atol)
+    """Residual bound ``max(tol ‖P b‖, atol, 100 eps ‖b‖)``.
+
+    The last term matters when ``b`` lies (almost) entirely in the null space: ``P b`` is
+    then rounding noise of ``b``, and the answer is ``x = 0`` up to that noise.
+    """
+    eps = jnp.finfo(system.b.dtype).eps
+    return jnp.maximum(jnp.maximum(tol * jnp.linalg.norm(system.b), atol),
+                       100 * eps * system.raw_rhs_norm)
 
 
 def finish(

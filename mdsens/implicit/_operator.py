@@ -35,6 +35,7 @@ class FlatSystem:
     unravel: Callable[[jax.Array], PyTree]
     nullspace_component: jax.Array
     matvec: Callable[[jax.Array], jax.Array]  # unprojected A + ridge, flat
+    raw_rhs_norm: jax.Array  # ‖b‖ before projection
 
     @property
     def size(self) -> int:
@@ -105,6 +106,7 @@ def flatten_system(
         unravel=unravel,
         nullspace_component=removed,
         matvec=flat_matvec,
+        raw_rhs_norm=jnp.linalg.norm(b_flat),
     )
 
 

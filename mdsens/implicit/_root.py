@@ -95,6 +95,8 @@ def custom_root(
         function).
       has_aux: the solver returns ``(x, aux)``; ``aux`` gets a zero derivative.
       symmetric: ``∂₁F`` is symmetric, so the transposed solve reuses ``solve`` on ``∂₁F``.
+        This is trusted, not checked: on a nonsymmetric ``∂₁F`` reverse-mode derivatives
+        would be wrong (forward mode is unaffected).
       on_failure: policy for a failed derivative solve (see :mod:`mdsens.implicit.linsolve`).
 
     Returns:

@@ -24,8 +24,11 @@ Options shared by all solvers:
     A basis of null(A) (pytree whose leaves have a leading axis ``k``, one vector per row,
     shaped like ``b``; orthonormalised internally). The solve is done on the complement:
     ``P (A + ridge) P x = P b`` with ``P = I − QᵀQ``, giving the minimum-norm solution.
-    ``‖Qᵀ b‖`` is reported in ``SolveInfo.nullspace_component``: a large value means the
+    ``‖Q b‖`` is reported in ``SolveInfo.nullspace_component``: a large value means the
     original system was inconsistent and ``x`` solves it in the least-squares sense.
+    The same basis projects both sides, which assumes null(A) = null(Aᵀ) (symmetric or
+    normal operators, e.g. Hessians); for a general nonsymmetric singular operator use
+    ``lstsq``.
 ``on_failure``
     ``"raise" | "warn" | "nan" | "ignore"`` — see :mod:`mdsens.implicit._solution`.
 

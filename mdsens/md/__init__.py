@@ -15,3 +15,9 @@ from .potentials import lennard_jones as lennard_jones
 from .potentials import morse as morse
 from .potentials import soft_sphere as soft_sphere
 from .system import System as System
+from .minimize import Relaxation as Relaxation
+from .minimize import RelaxationError as RelaxationError
+from .minimize import relax as relax
+from .sensitivity import Sensitivity as Sensitivity
+from .sensitivity import SensitivityError as SensitivityError
+from .sensitivity import sensitivity as sensitivity

@@ -1,0 +1,46 @@
+"""The ``mdsens`` command line (click). Console script: ``mdsens = mdsens.cli:main``.
+
+Commands live in small modules; this package imports only click, so ``mdsens --help`` does
+not import jax (jax is imported inside command bodies).
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from ._common import ExitCode as ExitCode
+from .inspect import inspect_cmd
+from .plot import plot_cmd
+from .potentials import potentials_cmd
+from .relax import relax_cmd
+from .sensitivity import sensitivity_cmd
+
+__all__ = ["ExitCode", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mdsens")
+def main() -> None:
+    """Sensitivities of relaxed atomic structures by implicit differentiation.
+
+    \b
+    A first session:
+      mdsens potentials
+      mdsens relax data/ar_fcc_32.extxyz -p lj --param sigma=3.4 \\
+          --param epsilon=0.0104 -o relaxed.h5
+      mdsens sensitivity data/ar_fcc_32.extxyz -p lj --param sigma=3.4 \\
+          --param epsilon=0.0104 --wrt sigma --observable energy -o out.h5
+      mdsens inspect out.h5
+      mdsens plot out.h5 -o out.png
+
+    Exit codes: 0 success, 1 not converged (file written, converged=false),
+    2 bad usage or bad input (no file written).
+    """
+
+
+main.add_command(relax_cmd)
+main.add_command(sensitivity_cmd)
+main.add_command(inspect_cmd)
+main.add_command(plot_cmd)
+main.add_command(potentials_cmd)

@@ -1,0 +1,6 @@
+"""``python -m mdsens.cli``."""
+
+from . import main
+
+if __name__ == "__main__":
+    main(prog_name="mdsens")

@@ -1,0 +1,249 @@
+"""Shared pieces of the CLI: exit codes, the bad-input error, options defined once, and
+turning options into a System and a Potential (jax imported lazily)."""
+
+from __future__ import annotations
+
+import enum
+import re
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit status of every ``mdsens`` command."""
+
+    SUCCESS = 0
+    NOT_CONVERGED = 1  # relaxation or a derivative solve failed; the file is still written
+    BAD_INPUT = 2  # bad usage or bad input; nothing written
+
+
+class BadInput(click.ClickException):
+    """Bad input: a one-line ``Error: ...`` on stderr, exit code 2, no traceback."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+# ----------------------------------------------------------------------------- options
+def _stack(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+structure_argument = click.argument("structure", type=click.Path(path_type=Path))
+format_option = click.option(
+    "--format", "fmt", default=None, metavar="FMT",
+    help="ASE format of STRUCTURE (default: guessed from the name and content).")
+potential_option = click.option(
+    "-p", "--potential", required=True, metavar="NAME",
+    help="Registered potential name or alias (see `mdsens potentials`).")
+param_option = click.option(
+    "--param", "params", multiple=True, metavar="NAME=VALUE",
+    help="Potential parameter; repeatable. Per species pair: 'sigma[Ar,Kr]=3.6'.")
+potential_file_option = click.option(
+    "--potential-file", type=click.Path(path_type=Path), default=None,
+    help="Parameter file for file-based potentials (EAM, Tersoff, SW).")
+relax_cell_option = click.option(
+    "--relax-cell", is_flag=True, help="Relax the cell as well as the positions (zero pressure).")
+fmax_option = click.option(
+    "--fmax", type=float, default=None,
+    help="Force tolerance of the relaxation, eV/Å (relax: 1e-6, sensitivity: 1e-8).")
+max_steps_option = click.option(
+    "--max-steps", type=int, default=None,
+    help="Maximum relaxation steps (relax: 10000, sensitivity: 100000).")
+output_option = click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path),
+    help="Output file.")
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+
+model_options = _stack(structure_argument, format_option, potential_option, param_option,
+                       potential_file_option, relax_cell_option, fmax_option, max_steps_option)
+output_options = _stack(output_option, overwrite_option, quiet_option)
+
+
+# ----------------------------------------------------------------------------- parsing
+_PARAM_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\[\s*([A-Za-z]\w*)\s*,\s*([A-Za-z]\w*)\s*\])?"
+                       r"\s*=\s*(.+?)\s*$")
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``["sigma=3.4", "eps[Ar,Kr]=0.01"]`` -> ``{"sigma": 3.4, "eps": {("Ar","Kr"): 0.01}}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        m = _PARAM_RE.match(item)
+        if not m:
+            raise BadInput(f"--param {item!r}: expected NAME=VALUE or 'NAME[A,B]=VALUE'")
+        name, a, b, text = m.groups()
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadInput(f"--param {item!r}: {text!r} is not a number") from None
+        if a is None:
+            if name in out:
+                raise BadInput(f"--param {name!r} given twice")
+            out[name] = value
+        else:
+            table = out.setdefault(name, {})
+            if not isinstance(table, dict):
+                raise BadInput(f"--param {name!r} given both as a scalar and per species pair")
+            if (a, b) in table or (b, a) in table:
+                raise BadInput(f"--param {name}[{a},{b}] given twice")
+            table[(a, b)] = value
+    return out
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output without ``--overwrite`` and a missing output directory."""
+    if path.exists() and not overwrite:
+        raise BadInput(f"{path}: output exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise BadInput(f"{path}: output is a directory")
+    if not path.parent.exists():
+        raise BadInput(f"{path.parent}: output directory does not exist")
+
+
+def command_line() -> str:
+    """The command line of this process, shell-quoted."""
+    return " ".join(shlex.quote(a) for a in ["mdsens", *sys.argv[1:]])
+
+
+def enable_x64() -> None:
+    """Sensitivities need float64: the CLI (an application, not the library) enables it."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def load_structure(path: Path, fmt: str | None) -> Any:
+    """Read STRUCTURE into an ``ase.Atoms`` (BadInput on failure)."""
+    from ..io.errors import InputError
+    from ..io.structures import read
+
+    try:
+        return read(path, format=fmt)
+    except InputError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def make_potential(name: str, params: dict[str, Any], potential_file: Path | None) -> Any:
+    """Build the registered potential, mapping every failure to BadInput."""
+    import inspect
+
+    from ..md.potentials import base
+
+    factories = base.factories()
+    if name not in factories:
+        raise BadInput(f"unknown potential {name!r}; known: {', '.join(base.names(True))}")
+    factory = factories[name]
+    sig = inspect.signature(factory)
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    known = [p for p, v in sig.parameters.items()
+             if v.kind is not v.VAR_KEYWORD and p not in ("file", "species", "fmt")]
+    kwargs = dict(params)
+    for key in params:
+        if key not in sig.parameters and not accepts_any:
+            raise BadInput(f"unknown parameter {key!r} for potential {name!r}; "
+                           f"known: {', '.join(known)}")
+    if potential_file is not None:
+        if "file" not in sig.parameters:
+            raise BadInput(f"potential {name!r} takes no --potential-file")
+        if not potential_file.is_file():
+            raise BadInput(f"{potential_file}: no such potential file")
+        kwargs["file"] = str(potential_file)
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError, OSError, KeyError) as exc:
+        raise BadInput(f"potential {name!r}: {exc}") from None
+
+
+def make_system(atoms: Any, potential: Any, path: Path) -> Any:
+    """``ase.Atoms`` -> ``System``, checking species against the potential."""
+    from ..md.system import System
+
+    symbols = sorted(set(atoms.get_chemical_symbols()))
+    if potential.species:
+        missing = [s for s in symbols if s not in potential.species]
+        if missing:
+            raise BadInput(f"{path}: species {missing} have no parameters in potential "
+                           f"{potential.name!r} (it has {list(potential.species)})")
+    _check_overlap(atoms, path)
+    try:
+        system = System.from_ase(atoms)
+    except ValueError as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    if system.is_periodic is False and any(atoms.pbc):
+        raise BadInput(f"{path}: mixed periodic boundary conditions are not supported")
+    return system
+
+
+def _check_overlap(atoms: Any, path: Path, min_distance: float = 0.1) -> None:
+    """Refuse atoms closer than ``min_distance`` Å (minimum image; skipped above 3000 atoms)."""
+    import numpy as np
+    from ase.geometry import get_distances
+
+    n = len(atoms)
+    if n < 2 or n > 3000:
+        return
+    pbc = atoms.pbc if all(atoms.pbc) else False
+    _, dist = get_distances(atoms.positions, cell=atoms.cell if pbc is not False else None,
+                            pbc=pbc)
+    dist[np.diag_indices(n)] = np.inf
+    i, j = np.unravel_index(np.argmin(dist), dist.shape)
+    if dist[i, j] < min_distance:
+        raise BadInput(f"{path}: atoms {min(i, j)} and {max(i, j)} overlap "
+                       f"(distance {dist[i, j]:.3g} Å)")
+
+
+def check_energy(system: Any, potential: Any, path: Path) -> None:
+    """Refuse a start structure whose energy is not finite (overlapping atoms)."""
+    import math
+
+    from ..md.model import build
+
+    try:
+        model = build(system, potential)
+        cell = system.cell if system.is_periodic else None
+        nbrs = model.allocate(system.positions, cell)
+        energy = float(model.energy(system.positions, cell, potential.params, nbrs))
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"{path}: cannot evaluate the potential: {exc}") from None
+    if not math.isfinite(energy):
+        raise BadInput(f"{path}: the start energy is not finite (overlapping atoms?)")
+
+
+def relax_options(fmax: float | None, max_steps: int | None) -> dict[str, Any]:
+    """Only the options the user set (the library keeps its own defaults)."""
+    out: dict[str, Any] = {}
+    if fmax is not None:
+        if not fmax > 0:
+            raise BadInput(f"--fmax must be positive, got {fmax}")
+        out["fmax"] = fmax
+    if max_steps is not None:
+        if max_steps < 1:
+            raise BadInput(f"--max-steps must be at least 1, got {max_steps}")
+        out["max_steps"] = max_steps
+    return out
+
+
+def finish(converged: bool, problems: Sequence[str], output: Path, quiet: bool) -> None:
+    """Report and exit with SUCCESS or NOT_CONVERGED."""
+    if not converged:
+        for p in problems:
+            click.echo(f"warning: {p}", err=True)
+        click.echo(f"not converged; wrote {output} (converged=false)", err=True)
+        sys.exit(ExitCode.NOT_CONVERGED)
+    if not quiet:
+        click.echo(f"wrote {output}")

@@ -1,0 +1,160 @@
+"""The result of :func:`mdsens.md.minimize.relax`: ``Relaxation``, its status codes and the
+failure policy (``on_failure``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import warnings
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from .system import System
+
+__all__ = [
+    "POLICIES",
+    "Policy",
+    "Relaxation",
+    "RelaxationError",
+    "RelaxationWarning",
+    "Status",
+    "apply_policy",
+]
+
+Policy = Literal["raise", "warn", "nan", "ignore"]
+POLICIES: tuple[str, ...] = ("raise", "warn", "nan", "ignore")
+
+
+class RelaxationError(RuntimeError):
+    """A relaxation did not reach its tolerance. ``.relaxation`` holds the result."""
+
+    def __init__(self, message: str, relaxation: Relaxation | None = None):
+        super().__init__(message)
+        self.relaxation = relaxation
+
+
+class RelaxationWarning(RuntimeWarning):
+    """Issued by ``on_failure="warn"``."""
+
+
+class Status(enum.IntEnum):
+    """Outcome of a relaxation; ``Status.X.message`` says what to do about it."""
+
+    CONVERGED = 0
+    MAX_STEPS = 1
+    NONFINITE = 2
+    NEIGHBOR_LIST = 3
+    INVALID_CELL = 4
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    Status.CONVERGED: "converged",
+    Status.MAX_STEPS: (
+        "maximum steps reached before max|F| <= fmax (and max|sigma + p I| <= stress_tol): "
+        "raise max_steps, loosen fmax/stress_tol, or start closer to a minimum"
+    ),
+    Status.NONFINITE: (
+        "non-finite energy, forces or stress (NaN/inf): atoms may overlap or the parameters "
+        "are invalid; check the start structure and params (the result holds the last "
+        "finite state)"
+    ),
+    Status.NEIGHBOR_LIST: (
+        "the neighbour list kept overflowing after reallocation: the density changes too "
+        "fast; start closer to the minimum, lower max_step, or build the model with a larger "
+        "capacity_multiplier"
+    ),
+    Status.INVALID_CELL: (
+        "the cell collapsed (non-positive volume) during the cell relaxation: check the sign "
+        "and units of `pressure` (eV/Å^d) and that the potential has a minimum at it"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Relaxation:
+    r"""A relaxed structure and how it was reached (a registered pytree).
+
+    Attributes:
+      system: the relaxed :class:`System` (Cartesian positions, not wrapped; new cell when
+        the cell relaxed).
+      energy: potential energy :math:`E` (eV; without the :math:`pV` term).
+      forces: ``(N, d)`` :math:`F = -\partial E/\partial R` (eV/Å).
+      fmax: :math:`\max_i |F_i|` (eV/Å).
+      stress: ``(d, d)`` :math:`\sigma = V^{-1}\partial E/\partial\varepsilon` (eV/Å^d, ASE
+        sign) when the cell relaxed, else None.
+      stress_residual: :math:`\max_{ij}|\sigma + pI|_{ij}` when the cell relaxed, else None.
+      nbrs: the neighbour list valid at ``system`` (None when the model uses none).
+      steps: minimiser steps taken (static).
+      converged: whether the tolerances were met (static).
+      status: a :class:`Status` (static); ``.message`` says what to do.
+      model: the :class:`~mdsens.md.model.EnergyModel` the energies came from (static;
+        ``nbrs`` belongs to it).
+    """
+
+    system: System
+    energy: jax.Array
+    forces: jax.Array
+    fmax: jax.Array
+    stress: jax.Array | None
+    stress_residual: jax.Array | None
+    nbrs: Any
+    steps: int
+    converged: bool
+    status: Status
+    model: Any = None
+
+    @property
+    def message(self) -> str:
+        """A sentence describing the outcome (with the residuals and step count)."""
+        text = (
+            f"relaxation: {self.status.message} after {self.steps} steps, "
+            f"fmax={float(self.fmax):.3g}"
+        )
+        if self.stress_residual is not None:
+            text += f", max|sigma + p I|={float(self.stress_residual):.3g}"
+        return text
+
+
+jax.tree_util.register_dataclass(
+    Relaxation,
+    data_fields=["system", "energy", "forces", "fmax", "stress", "stress_residual", "nbrs"],
+    meta_fields=["steps", "converged", "status", "model"],
+)
+
+
+def _nan_like(x: Any) -> Any:
+    return None if x is None else jnp.full_like(x, jnp.nan)
+
+
+def apply_policy(result: Relaxation, on_failure: str) -> Relaxation:
+    """Surface a failed relaxation as ``on_failure`` says.
+
+    ``"raise"``: :class:`RelaxationError` (with ``.relaxation``); ``"warn"``: a
+    :class:`RelaxationWarning`, result unchanged; ``"nan"``: positions, cell, energy,
+    forces, fmax and stress become NaN (status kept); ``"ignore"``: unchanged.
+    """
+    if result.converged or on_failure == "ignore":
+        return result
+    if on_failure == "raise":
+        raise RelaxationError(result.message, result)
+    if on_failure == "warn":
+        warnings.warn(result.message, RelaxationWarning, stacklevel=3)
+        return result
+    system = result.system.replace(
+        positions=_nan_like(result.system.positions), cell=_nan_like(result.system.cell)
+    )
+    return dataclasses.replace(
+        result,
+        system=system,
+        energy=_nan_like(result.energy),
+        forces=_nan_like(result.forces),
+        fmax=_nan_like(result.fmax),
+        stress=_nan_like(result.stress),
+        stress_residual=_nan_like(result.stress_residual),
+    )

@@ -1,0 +1,195 @@
+"""The ``mdsens`` command line: bad input (exit 2, one line, no file), a happy path whose
+H5MD file is checked with h5py and whose derivatives equal the Python API's bit for bit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mdsens.cli import ExitCode, main
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ARGON = DATA / "ar_fcc_32.extxyz"
+LJ = ["-p", "lj", "--param", "sigma=3.4", "--param", "epsilon=0.0104"]
+SENS = ["--wrt", "sigma", "--wrt", "epsilon", "--observable", "positions",
+        "--observable", "energy", "--observable", "volume"]
+
+
+def _stderr(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # click < 8.2 mixes the streams
+        return result.output
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.xyz").write_text("")
+    (d / "garbage.xyz").write_text("hello\nworld\n")
+    (d / "thing.unknownext").write_text("some words\n")
+    lines = ARGON.read_text().splitlines()
+    lines[2] = " ".join(["Ar", "nan", "0.0", "0.0"])
+    (d / "nan.extxyz").write_text("\n".join(lines) + "\n")
+    lines = ARGON.read_text().splitlines()
+    lines[3] = lines[2]  # two atoms on top of each other
+    (d / "overlap.extxyz").write_text("\n".join(lines) + "\n")
+    (d / "exists.h5").write_text("keep me")
+    (d / "not_hdf5.h5").write_text("not hdf5")
+    (d / "adir").mkdir()
+    return {p.name: p for p in d.iterdir()}
+
+
+def _sens(structure, out, *extra) -> list[str]:
+    return ["sensitivity", str(structure), *LJ, *SENS, "-o", str(out), *extra]
+
+
+BAD = {
+    "missing file": lambda f, o: _sens(f["adir"] / "nope.xyz", o),
+    "empty file": lambda f, o: _sens(f["empty.xyz"], o),
+    "malformed file": lambda f, o: _sens(f["garbage.xyz"], o),
+    "unknown suffix": lambda f, o: _sens(f["thing.unknownext"], o),
+    "unknown --format": lambda f, o: _sens(ARGON, o, "--format", "nosuchformat"),
+    "directory as structure": lambda f, o: _sens(f["adir"], o),
+    "non-finite positions": lambda f, o: _sens(f["nan.extxyz"], o),
+    "unknown potential": lambda f, o: ["sensitivity", str(ARGON), "-p", "nosuchpot",
+                                       *SENS, "-o", str(o)],
+    "unknown parameter": lambda f, o: _sens(ARGON, o, "--param", "zeta=1"),
+    "malformed --param": lambda f, o: _sens(ARGON, o, "--param", "sigma"),
+    "non-numeric --param": lambda f, o: _sens(ARGON, o, "--param", "alpha=abc"),
+    "unknown observable": lambda f, o: _sens(ARGON, o, "--observable", "colour"),
+    "unknown wrt": lambda f, o: _sens(ARGON, o, "--wrt", "kappa"),
+    "strain with relax-cell": lambda f, o: _sens(ARGON, o, "--wrt", "strain", "--relax-cell"),
+    "species the potential lacks": lambda f, o: [
+        "sensitivity", str(DATA / "si_diamond.cif"), "-p", "lj", "--param",
+        "sigma[Ar,Ar]=3.4", "--param", "epsilon=0.0104", *SENS, "-o", str(o)],
+    "negative --fmax": lambda f, o: _sens(ARGON, o, "--fmax", "-1"),
+    "missing output directory": lambda f, o: _sens(ARGON, o.parent / "nodir" / "x.h5"),
+    "relax: unknown parameter": lambda f, o: ["relax", str(ARGON), "-p", "lj", "--param",
+                                              "zeta=2", "-o", str(o)],
+    "inspect: not HDF5": lambda f, o: ["inspect", str(f["not_hdf5.h5"])],
+    "plot: missing result": lambda f, o: ["plot", str(f["adir"] / "none.h5"), "-o", str(o)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exit_2(case, bad_files, tmp_path):
+    out = tmp_path / "out.h5"
+    args = BAD[case](bad_files, out)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.BAD_INPUT, (case, result.output, result.exception)
+    err = _stderr(result).strip()
+    assert err.startswith("Error: ") and "\n" not in err, err
+    assert "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_existing_output_needs_overwrite(bad_files):
+    target = bad_files["exists.h5"]
+    result = CliRunner().invoke(main, _sens(ARGON, target))
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert "--overwrite" in _stderr(result)
+    assert target.read_text() == "keep me"
+
+
+def test_overlapping_atoms(bad_files, tmp_path):
+    out = tmp_path / "o.h5"
+    result = CliRunner().invoke(main, _sens(bad_files["overlap.extxyz"], out))
+    assert result.exit_code == ExitCode.BAD_INPUT and not out.exists()
+
+
+def test_help_is_light():
+    """`mdsens --help` must not import jax (heavy imports live inside command bodies)."""
+    code = ("import sys; from mdsens.cli import main; print(sorted(main.commands)); "
+            "print('JAX-IMPORTED' if 'jax' in sys.modules else 'JAX-FREE')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(DATA.parent)}, check=True)
+    for name in ("relax", "sensitivity", "inspect", "plot", "potentials"):
+        assert name in out.stdout
+    assert "JAX-FREE" in out.stdout
+
+
+def test_version_and_potentials():
+    runner = CliRunner()
+    assert runner.invoke(main, ["--version"]).exit_code == 0
+    result = runner.invoke(main, ["potentials"])
+    assert result.exit_code == 0 and "lennard_jones" in result.output
+
+
+# ----------------------------------------------------------------------------- happy path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One real CLI sensitivity run (subprocess) shared by the tests below."""
+    d = tmp_path_factory.mktemp("run")
+    out = d / "argon.h5"
+    args = [sys.executable, "-m", "mdsens.cli", *_sens(ARGON, out), "--fmax", "1e-8"]
+    proc = subprocess.run(args, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(DATA.parent)})
+    return proc, out
+
+
+def test_cli_happy_path(run):
+    proc, out = run
+    assert proc.returncode == ExitCode.SUCCESS, proc.stderr
+    with h5py.File(out, "r") as f:
+        assert list(f["h5md"].attrs["version"]) == [1, 1]
+        assert f["h5md/creator"].attrs["name"] == "mdsens"
+        assert "mdsens" in f["h5md/modules"]
+        assert f["particles/all/position"].shape == (32, 3)
+        assert f["particles/all/species"].shape == (32,)
+        box = f["particles/all/box"]
+        assert box.attrs["dimension"] == 3
+        assert list(box.attrs["boundary"]) == ["periodic"] * 3
+        assert box["edges"].shape == (3, 3)
+        assert set(f["observables"]) == {"positions", "energy", "volume"}
+        assert f["sensitivity/positions/sigma"].shape == (32, 3)
+        assert f["sensitivity/energy/epsilon"].shape == ()
+        assert f["sensitivity/energy/sigma"].attrs["unit"] == "(eV)/(Å)"
+        assert bool(f["parameters"].attrs["converged"])
+        prov = f["provenance"].attrs
+        for key in ("mdsens", "jax", "jax_md", "command_line", "timestamp"):
+            assert key in prov
+
+
+def test_cli_equals_api_bit_for_bit(run):
+    import jax
+
+    from mdsens.io import read, read_result
+    from mdsens.md import potentials
+    from mdsens.md.sensitivity import sensitivity
+
+    jax.config.update("jax_enable_x64", True)
+    _, out = run
+    api = sensitivity(read(ARGON), potentials.get("lj", sigma=3.4, epsilon=0.0104),
+                      ["sigma", "epsilon"], ["positions", "energy", "volume"],
+                      relax_options={"fmax": 1e-8}, on_failure="ignore")
+    stored = read_result(out).sensitivity
+    for obs, per in api.derivatives.items():
+        for p, v in per.items():
+            np.testing.assert_array_equal(stored.derivatives[obs][p], v)
+        np.testing.assert_array_equal(stored.values[obs], api.values[obs])
+
+
+def test_inspect_and_plot(run, tmp_path):
+    import json
+
+    _, out = run
+    runner = CliRunner()
+    text = runner.invoke(main, ["inspect", str(out)])
+    assert text.exit_code == 0 and "scalar derivatives" in text.output
+    js = runner.invoke(main, ["inspect", str(out), "--json"])
+    info = json.loads(js.stdout)
+    assert info["converged"] and info["wrt"] == ["sigma", "epsilon"]
+    png = tmp_path / "fig.png"
+    res = runner.invoke(main, ["plot", str(out), "-o", str(png)])
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

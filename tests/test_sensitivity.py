@@ -1,0 +1,241 @@
+"""Sensitivities of relaxed structures against dense linear algebra, finite differences,
+scaling laws and jax-md's elastic moduli."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from mdsens.md import System, build, potentials
+from mdsens.md.minimize import relax
+from mdsens.md.sensitivity import SensitivityError, sensitivity
+
+N_SOFT = 128
+
+
+def soft_sphere_packing(phi: float, seed: int = 0) -> tuple[System, potentials.Potential]:
+    """The 2D bidisperse soft-sphere packing (diameters 1 : 1.4, 50:50) at packing fraction φ."""
+    rng = np.random.default_rng(seed)
+    species = np.array(["A"] * (N_SOFT // 2) + ["B"] * (N_SOFT // 2))
+    diameters = np.where(species == "A", 1.0, 1.4)
+    L = np.sqrt(np.sum(np.pi * (diameters / 2) ** 2) / phi)
+    system = System.create(rng.random((N_SOFT, 2)) * L, cell=np.diag([L, L]),
+                           species=list(species))
+    pot = potentials.get(
+        "soft_sphere", sigma={("A", "A"): 1.0, ("A", "B"): 1.2, ("B", "B"): 1.4}
+    )
+    return system, pot
+
+
+@pytest.fixture(scope="module")
+def packing():
+    system, pot = soft_sphere_packing(0.9)
+    result = sensitivity(system, pot, wrt=["sigma[A,B]", "sigma"],
+                         observables=["positions", "energy"], mode="forward")
+    return system, pot, result
+
+
+def _dense_reference(relaxation, pot, param_fn):
+    """−H⁺ ∂_θ∇E by dense pseudo-inverse (numpy), θ ↦ params given by ``param_fn``."""
+    model = build(relaxation.system, pot, neighbor_list=False)
+    R, C = relaxation.system.positions, relaxation.system.cell
+    n = R.size
+    H = np.asarray(jax.hessian(lambda R: model.energy(R, C))(R)).reshape(n, n)
+    B = np.asarray(jax.jacfwd(
+        lambda t: jax.grad(lambda R: model.energy(R, C, param_fn(t)))(R))(0.0)).reshape(n)
+    return -(np.linalg.pinv(H, rcond=1e-12, hermitian=True) @ B).reshape(R.shape)
+
+
+def test_soft_spheres_vs_dense_lstsq(packing):
+    system, pot, result = packing
+    assert result.converged, result.problems
+    sig = pot.params["sigma"]
+    i, j = pot.species.index("A"), pot.species.index("B")
+    bump = np.zeros((2, 2))
+    bump[i, j] = bump[j, i] = 1.0
+    ref = _dense_reference(result.relaxation, pot,
+                           lambda t: {**pot.params, "sigma": sig + t * jnp.asarray(bump)})
+    got = result.derivatives["positions"]["sigma[A,B]"]
+    assert got.shape == (N_SOFT, 2)
+    np.testing.assert_allclose(got, ref, atol=1e-7 * np.abs(ref).max())
+    # the same pair through the whole (2, 2) matrix: G[a, b] + G[b, a]
+    whole = result.derivatives["positions"]["sigma"]
+    assert whole.shape == (N_SOFT, 2, 2, 2)
+    np.testing.assert_allclose(whole[..., i, j] + whole[..., j, i], got, atol=1e-8)
+
+
+def test_soft_spheres_vs_central_differences(packing):
+    """Re-relax at σ_AB ± h (float64, h = 1e-6) from the relaxed state; compare with the
+    centre of mass fixed."""
+    system, pot, result = packing
+    h = 1e-6
+    start = result.relaxation.system
+    i, j = pot.species.index("A"), pot.species.index("B")
+
+    def relaxed_positions(delta):
+        sig = np.array(pot.params["sigma"])
+        sig[i, j] += delta
+        sig[j, i] += delta
+        p = pot.with_params(sigma=jnp.asarray(sig))
+        r = relax(start, p, fmax=1e-12, max_steps=50000)
+        return np.asarray(r.system.positions)
+
+    diff = (relaxed_positions(h) - relaxed_positions(-h)) / (2 * h)
+    diff -= diff.mean(axis=0)
+    got = result.derivatives["positions"]["sigma[A,B]"]
+    np.testing.assert_allclose(got, diff, atol=2e-4 * np.abs(got).max())
+
+
+def test_forward_reverse_transposition(packing):
+    """⟨w, J v⟩ = ⟨Jᵀ w, v⟩ for an observable that is not translation invariant (the
+    positions of a few atoms): reverse mode projects ∂obs/∂R onto the complement of
+    translations and reports the removed part."""
+    system, pot, forward = packing
+
+    def first_atoms(R, cell, params):
+        return R[:4]
+
+    reverse = sensitivity(system, pot, wrt=["sigma[A,B]", "epsilon"],
+                          observables=[first_atoms], mode="reverse",
+                          relaxation=forward.relaxation)
+    J_fwd = forward.derivatives["positions"]["sigma[A,B]"][:4].ravel()
+    J_rev = reverse.derivatives["first_atoms"]["sigma[A,B]"].ravel()
+    rng = np.random.default_rng(3)
+    w, v = rng.normal(size=J_fwd.size), 0.7
+    np.testing.assert_allclose(w @ (J_fwd * v), (J_rev @ w) * v, rtol=1e-8)
+    np.testing.assert_allclose(J_fwd, J_rev, atol=1e-8 * np.abs(J_fwd).max())
+    # a unit cotangent on one coordinate has a component 1/sqrt(N) along a translation
+    np.testing.assert_allclose(
+        reverse.diagnostics["solves"]["nullspace_component"], 1 / np.sqrt(N_SOFT), rtol=1e-10
+    )
+    # soft-sphere minima do not move with ε (energy scale only): dx/dε = −H⁺∇E/ε, which is
+    # only the root's residual (fmax 1e-8 eV/Å) amplified by H⁺ (λ_min ~ 6e-3)
+    np.testing.assert_allclose(reverse.derivatives["first_atoms"]["epsilon"], 0.0, atol=1e-5)
+
+
+def test_energy_derivative_is_hellmann_feynman(packing):
+    """dE/dθ at a minimum equals the explicit ∂E/∂θ (the relaxation term vanishes)."""
+    system, pot, result = packing
+    model = build(result.relaxation.system, pot, neighbor_list=False)
+    R, C = result.relaxation.system.positions, result.relaxation.system.cell
+    explicit = jax.grad(lambda s: model.energy(R, C, {**pot.params, "sigma": s}))(
+        pot.params["sigma"])
+    np.testing.assert_allclose(result.derivatives["energy"]["sigma"], explicit, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lj_fcc():
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=1)
+    return System.from_ase(atoms), potentials.get("lj", sigma=3.4, epsilon=0.0104)
+
+
+def test_lj_scaling_laws_with_cell_relaxation(lj_fcc):
+    """Lengths scale with σ, energies with ε: da₀/dσ = a₀/σ, dE/dε = E/ε, dE/dσ = 0."""
+    system, pot = lj_fcc
+    res = sensitivity(system, pot, wrt=["sigma", "epsilon"],
+                      observables=["lattice_parameters", "energy", "volume"], relax_cell=True)
+    assert res.converged, res.problems
+    a = res.values["lattice_parameters"][:3]
+    np.testing.assert_allclose(res.derivatives["lattice_parameters"]["sigma"][:3], a / 3.4,
+                               rtol=1e-7)
+    np.testing.assert_allclose(res.derivatives["lattice_parameters"]["sigma"][3:], 0,
+                               atol=1e-6)
+    E = res.values["energy"]
+    np.testing.assert_allclose(res.derivatives["energy"]["epsilon"], E / 0.0104, rtol=1e-7)
+    np.testing.assert_allclose(res.derivatives["energy"]["sigma"], 0.0, atol=1e-8 * abs(E))
+    V = res.values["volume"]
+    np.testing.assert_allclose(res.derivatives["volume"]["sigma"], 3 * V / 3.4, rtol=1e-7)
+
+
+def test_lj_elastic_constants_vs_jax_md_and_stress_differences(lj_fcc):
+    """C = dσ/dη through the relaxation vs finite differences of relaxed stress and vs
+    jax_md.elasticity.athermal_moduli, at zero residual stress (cell relaxed first)."""
+    from jax_md import elasticity, energy, space
+
+    system, pot = lj_fcc
+    cell_relaxed = relax(system, pot, relax_cell=True, fmax=1e-10).system
+    res = sensitivity(cell_relaxed, pot, wrt=["strain"],
+                      observables=["elastic_constants", "stress"])
+    C = res.values["elastic_constants"]
+    assert C.shape == (6, 6)
+    # cubic symmetry
+    np.testing.assert_allclose(C[0, 0], C[1, 1], rtol=1e-6)
+    np.testing.assert_allclose(C[3, 3], C[5, 5], rtol=1e-6)
+    # the same tensor from the strain derivative of the stress observable
+    np.testing.assert_allclose(res.derivatives["stress"]["strain"], C, atol=1e-9)
+
+    # finite differences of the relaxed stress under applied strain η (fixed cell)
+    def relaxed_stress(eta):
+        F = np.eye(3) + np.array([[eta, 0, 0], [0, 0, eta / 2], [0, eta / 2, 0]])
+        strained = cell_relaxed.replace(positions=cell_relaxed.positions @ F,
+                                        cell=cell_relaxed.cell @ F)
+        r = relax(strained, pot, fmax=1e-11)
+        model = build(r.system, pot)
+        s = model.stress(r.system.positions, r.system.cell, None,
+                         model.allocate(r.system.positions, r.system.cell))
+        return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+    h = 1e-5
+    fd = (relaxed_stress(h) - relaxed_stress(-h)) / (2 * h)
+    np.testing.assert_allclose(C[:, 0] + C[:, 3], fd, atol=1e-5 * np.abs(C).max())
+
+    # jax-md: same smooth LJ in reduced units, positions fractional in the relaxed box,
+    # replicated 2x2x2 so that its minimum image sees every neighbour (box > 2 r_cut)
+    sigma, eps = 3.4, 0.0104
+    big = cell_relaxed.to_ase().repeat((2, 2, 2))
+    box = jnp.asarray(np.array(big.cell)).T / sigma
+    disp, _ = space.periodic_general(box)
+    R_frac = jnp.asarray(big.get_scaled_positions(wrap=True))
+    energy_fn = energy.lennard_jones_pair(disp, sigma=jnp.float64(1.0),
+                                          epsilon=jnp.float64(1.0), r_onset=2.0, r_cutoff=2.5)
+    moduli = elasticity.athermal_moduli(energy_fn, check_convergence=True)(
+        R_frac, box)
+    C_jm = np.asarray(elasticity.tensor_to_mandel(moduli[0] if isinstance(moduli, tuple)
+                                                  else moduli))
+    # Mandel → Voigt: shear rows/columns carry √2 factors
+    scale = np.array([1, 1, 1, 1 / np.sqrt(2), 1 / np.sqrt(2), 1 / np.sqrt(2)])
+    C_jm_voigt = C_jm * np.outer(scale, scale) * eps / sigma**3
+    np.testing.assert_allclose(C, C_jm_voigt, atol=1e-6 * np.abs(C).max())
+
+
+def test_elastic_constants_derivative_follows_scaling_law(lj_fcc):
+    """With the cell relaxed at every σ, C ∝ ε/σ³, so dC/dσ = −3C/σ and dC/dε = C/ε: the
+    second derivatives through both relaxations (cell, then positions under strain)."""
+    system, pot = lj_fcc
+    res = sensitivity(system, pot, wrt=["sigma", "epsilon"],
+                      observables=["elastic_constants"], relax_cell=True)
+    C = res.values["elastic_constants"]
+    scale = np.abs(C).max()
+    np.testing.assert_allclose(res.derivatives["elastic_constants"]["sigma"], -3 * C / 3.4,
+                               atol=1e-6 * scale)
+    np.testing.assert_allclose(res.derivatives["elastic_constants"]["epsilon"], C / 0.0104,
+                               atol=1e-6 * scale / 0.0104)
+    assert res.diagnostics["elastic_solves"]["converged"].all()
+
+
+def test_unconverged_packing_is_flagged():
+    """A packing near jamming stopped after a few FIRE steps is not a minimum: flagged under
+    every policy, raised by default."""
+    system, pot = soft_sphere_packing(0.84, seed=5)
+    with pytest.raises(SensitivityError, match="relaxation did not converge"):
+        sensitivity(system, pot, wrt=["sigma"], observables=["positions"],
+                    relax_options={"max_steps": 20})
+    res = sensitivity(system, pot, wrt=["sigma"], observables=["positions"],
+                      relax_options={"max_steps": 20}, on_failure="nan")
+    assert not res.converged
+    assert np.all(np.isnan(res.derivatives["positions"]["sigma"]))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        sensitivity(system, pot, wrt=["sigma"], observables=["positions"],
+                    relax_options={"max_steps": 20}, on_failure="warn")
+
+
+def test_bad_requests_are_rejected(lj_fcc):
+    system, pot = lj_fcc
+    with pytest.raises(ValueError, match="unknown parameter"):
+        sensitivity(system, pot, wrt=["rho"], observables=["energy"])
+    with pytest.raises(ValueError, match="unknown observable"):
+        sensitivity(system, pot, wrt=["sigma"], observables=["entropy"])
+    with pytest.raises(ValueError, match="fixed cell"):
+        sensitivity(system, pot, wrt=["strain"], observables=["energy"], relax_cell=True)
