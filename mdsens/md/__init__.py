@@ -5,6 +5,9 @@
 """
 
 from . import potentials as potentials
+from .minimize import Relaxation as Relaxation
+from .minimize import RelaxationError as RelaxationError
+from .minimize import relax as relax
 from .model import AUTO_NEIGHBOR_THRESHOLD as AUTO_NEIGHBOR_THRESHOLD
 from .model import EnergyModel as EnergyModel
 from .model import Neighbors as Neighbors
@@ -14,10 +17,7 @@ from .potentials import custom as custom
 from .potentials import lennard_jones as lennard_jones
 from .potentials import morse as morse
 from .potentials import soft_sphere as soft_sphere
-from .system import System as System
-from .minimize import Relaxation as Relaxation
-from .minimize import RelaxationError as RelaxationError
-from .minimize import relax as relax
 from .sensitivity import Sensitivity as Sensitivity
 from .sensitivity import SensitivityError as SensitivityError
 from .sensitivity import sensitivity as sensitivity
+from .system import System as System
