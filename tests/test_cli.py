@@ -44,6 +44,11 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
     (d / "exists.h5").write_text("keep me")
     (d / "not_hdf5.h5").write_text("not hdf5")
     (d / "adir").mkdir()
+    (d / "invalid.toml").write_text('potential = "lj"\nfmax = \n')
+    (d / "unknown_key.toml").write_text('potential = "lj"\ncolour = "red"\n')
+    (d / "wrong_type.toml").write_text('potential = "lj"\nmax_steps = "many"\n')
+    (d / "bad_params.toml").write_text('potential = "lj"\n[params]\nsigma = "big"\n')
+    (d / "garbage.tersoff").write_text("Si Si Si 3.0 1.0 not a tersoff file\n")
     return {p.name: p for p in d.iterdir()}
 
 
@@ -75,8 +80,29 @@ BAD = {
     "relax: unknown parameter": lambda f, o: ["relax", str(ARGON), "-p", "lj", "--param",
                                               "zeta=2", "-o", str(o)],
     "inspect: not HDF5": lambda f, o: ["inspect", str(f["not_hdf5.h5"])],
+    "config: invalid TOML": lambda f, o: ["sensitivity", "--config", str(f["invalid.toml"]),
+                                          "-o", str(o)],
+    "config: unknown key": lambda f, o: _sens(ARGON, o, "--config", str(f["unknown_key.toml"])),
+    "config: wrong type": lambda f, o: ["relax", "--config", str(f["wrong_type.toml"]),
+                                        str(ARGON), "-o", str(o)],
+    "config: bad params": lambda f, o: _sens(ARGON, o, "--config", str(f["bad_params.toml"])),
+    "config: missing file": lambda f, o: _sens(ARGON, o, "--config", str(f["adir"] / "r.toml")),
+    "config: sensitivity key for relax": lambda f, o: ["relax", "--config", str(
+        _toml(f["adir"], "wrt.toml", 'wrt = ["sigma"]')), str(ARGON), *LJ, "-o", str(o)],
+    "--pressure without --relax-cell": lambda f, o: _sens(ARGON, o, "--pressure", "0.001"),
+    "potential file: malformed": lambda f, o: [
+        "relax", str(DATA / "si_diamond.cif"), "-p", "tersoff", "--potential-file",
+        str(f["garbage.tersoff"]), "-o", str(o)],
+    "potential file: missing": lambda f, o: [
+        "relax", str(DATA / "si_diamond.cif"), "-p", "tersoff", "--potential-file",
+        str(f["adir"] / "Si.tersoff"), "-o", str(o)],
     "plot: missing result": lambda f, o: ["plot", str(f["adir"] / "none.h5"), "-o", str(o)],
 }
+
+
+def _toml(directory: Path, name: str, text: str) -> Path:
+    (directory / name).write_text(text)
+    return directory / name
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

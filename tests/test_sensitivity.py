@@ -239,3 +239,85 @@ def test_bad_requests_are_rejected(lj_fcc):
         sensitivity(system, pot, wrt=["sigma"], observables=["entropy"])
     with pytest.raises(ValueError, match="fixed cell"):
         sensitivity(system, pot, wrt=["strain"], observables=["energy"], relax_cell=True)
+
+
+def test_stillinger_weber_silicon_nonaffine_c44():
+    """Diamond Si with Stillinger–Weber: internal relaxation lowers C44 far below its affine
+    (Born) value. C44 through the relaxation vs central differences of the relaxed stress
+    under an applied shear, and vs the affine value (positions strained homogeneously)."""
+    atoms = bulk("Si", "diamond", a=5.431, cubic=True)
+    pot = potentials.get("sw")
+    relaxed = relax(System.from_ase(atoms), pot, relax_cell=True, fmax=1e-10).system
+    res = sensitivity(relaxed, pot, wrt=["strain"], observables=["elastic_constants"])
+    assert res.converged, res.problems
+    C = res.values["elastic_constants"]
+    model = build(relaxed, pot)
+
+    def stress_yz(eta, relax_positions):
+        F = np.eye(3) + np.array([[0, 0, 0], [0, 0, eta / 2], [0, eta / 2, 0]])
+        strained = relaxed.replace(positions=relaxed.positions @ F, cell=relaxed.cell @ F)
+        if relax_positions:
+            strained = relax(strained, pot, fmax=1e-11).system
+        s = model.stress(strained.positions, strained.cell)
+        return float(s[1, 2])
+
+    h = 1e-5
+    c44_relaxed = (stress_yz(h, True) - stress_yz(-h, True)) / (2 * h)
+    c44_affine = (stress_yz(h, False) - stress_yz(-h, False)) / (2 * h)
+    np.testing.assert_allclose(C[3, 3], c44_relaxed, rtol=1e-5)
+    assert C[3, 3] < 0.6 * c44_affine  # SW: ~56 GPa relaxed vs ~117 GPa affine
+    gpa = 160.21766
+    np.testing.assert_allclose(C[3, 3] * gpa, 56.4, rtol=0.02)
+    np.testing.assert_allclose(C[0, 0] * gpa, 151.4, rtol=0.02)
+
+
+def test_free_cluster_scales_with_sigma_without_rigid_motion():
+    """A free LJ cluster: rigid translations and rotations are zero modes; the minimum-norm
+    derivative of the positions is the pure breathing mode dR/dσ = (R − R̄)/σ."""
+    from ase.cluster import Icosahedron
+
+    atoms = Icosahedron("Ar", noshells=2)  # 13 atoms
+    atoms.rattle(0.02, seed=3)
+    pot = potentials.get("lj", sigma=3.4, epsilon=0.0104)
+    res = sensitivity(System.from_ase(atoms), pot, wrt=["sigma"],
+                      observables=["positions", "energy"])
+    assert res.converged, res.problems
+    assert res.diagnostics["zero_modes"]["count"] == 6  # 3 translations + 3 rotations
+    R = res.values["positions"]
+    np.testing.assert_allclose(res.derivatives["positions"]["sigma"], (R - R.mean(0)) / 3.4,
+                               atol=1e-7)
+
+
+def test_rattler_is_detected_and_kept_still():
+    """A small particle in an interstitial site of a compressed triangular soft-sphere
+    crystal touches nothing: its directions join the zero modes, the solves converge, and it
+    does not move."""
+    rows, cols = 4, 4
+    h = np.sqrt(3) / 2
+    lattice = np.array([[i + 0.5 * (j % 2), j * h] for j in range(rows) for i in range(cols)])
+    lattice += np.random.default_rng(0).normal(scale=0.02, size=lattice.shape)
+    interstitial = np.array([0.5, h / 3])
+    system = System.create(np.vstack([lattice, interstitial]),
+                           cell=np.diag([cols, rows * h]),
+                           species=["B"] * len(lattice) + ["A"])
+    pot = potentials.get("soft_sphere", sigma={("A", "A"): 0.3, ("A", "B"): 0.4,
+                                               ("B", "B"): 1.05})
+    res = sensitivity(system, pot, wrt=["sigma[B,B]"], observables=["positions", "energy"])
+    assert res.converged, res.problems
+    assert res.diagnostics["zero_modes"]["rattlers"] == [len(lattice)]
+    assert res.diagnostics["zero_modes"]["count"] == 4  # 2 translations + 2 rattler modes
+    np.testing.assert_allclose(res.derivatives["positions"]["sigma[B,B]"][-1], 0.0,
+                               atol=1e-12)
+    assert res.derivatives["energy"]["sigma[B,B]"] > 0
+
+
+def test_preconditioners_agree(packing):
+    system, pot, plain = packing
+    for kind in ("jacobi", "block_jacobi"):
+        res = sensitivity(system, pot, wrt=["sigma[A,B]"], observables=["positions"],
+                          relaxation=plain.relaxation, preconditioner=kind)
+        assert res.converged, res.problems
+        np.testing.assert_allclose(res.derivatives["positions"]["sigma[A,B]"],
+                                   plain.derivatives["positions"]["sigma[A,B]"],
+                                   atol=1e-7 * np.abs(plain.derivatives["positions"]
+                                                      ["sigma[A,B]"]).max())

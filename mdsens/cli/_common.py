@@ -4,6 +4,7 @@ turning options into a System and a Potential (jax imported lazily)."""
 from __future__ import annotations
 
 import enum
+import math
 import re
 import shlex
 import sys
@@ -55,7 +56,14 @@ potential_file_option = click.option(
     "--potential-file", type=click.Path(path_type=Path), default=None,
     help="Parameter file for file-based potentials (EAM, Tersoff, SW).")
 relax_cell_option = click.option(
-    "--relax-cell", is_flag=True, help="Relax the cell as well as the positions (zero pressure).")
+    "--relax-cell", is_flag=True,
+    help="Relax the cell as well as the positions (at --pressure, default 0).")
+pressure_option = click.option(
+    "--pressure", type=float, default=None, metavar="P",
+    help="External pressure for --relax-cell, eV/Å^3 (1 GPa = 6.2415e-3 eV/Å^3).")
+method_option = click.option(
+    "--method", type=click.Choice(["fire", "gd"]), default="fire", show_default=True,
+    help="Minimiser of the relaxation.")
 fmax_option = click.option(
     "--fmax", type=float, default=None,
     help="Force tolerance of the relaxation, eV/Å (relax: 1e-6, sensitivity: 1e-8).")
@@ -67,10 +75,16 @@ output_option = click.option(
     help="Output file.")
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+quiet_option = click.option(
+    "-q", "--quiet", is_flag=True, help="Print nothing on success, and no progress bar.")
+partial_option = click.option(
+    "--partial/--no-partial", default=True, show_default=True,
+    help="When the run does not converge, still write OUTPUT (marked converged = false); "
+         "--no-partial writes nothing. The exit code is 1 either way.")
 
 model_options = _stack(structure_argument, format_option, potential_option, param_option,
-                       potential_file_option, relax_cell_option, fmax_option, max_steps_option)
+                       potential_file_option, relax_cell_option, pressure_option, fmax_option,
+                       max_steps_option, method_option)
 output_options = _stack(output_option, overwrite_option, quiet_option)
 
 
@@ -79,29 +93,44 @@ _PARAM_RE = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\[\s*([A-Za-z]\w*)\s*,\s*([A-Za
                        r"\s*=\s*(.+?)\s*$")
 
 
-def parse_params(items: Sequence[str]) -> dict[str, Any]:
+def parse_params(items: Sequence[str], source: str = "--param") -> dict[str, Any]:
     """``["sigma=3.4", "eps[Ar,Kr]=0.01"]`` -> ``{"sigma": 3.4, "eps": {("Ar","Kr"): 0.01}}``."""
     out: dict[str, Any] = {}
     for item in items:
         m = _PARAM_RE.match(item)
         if not m:
-            raise BadInput(f"--param {item!r}: expected NAME=VALUE or 'NAME[A,B]=VALUE'")
+            raise BadInput(f"{source} {item!r}: expected NAME=VALUE or 'NAME[A,B]=VALUE'")
         name, a, b, text = m.groups()
         try:
             value = float(text)
         except ValueError:
-            raise BadInput(f"--param {item!r}: {text!r} is not a number") from None
+            raise BadInput(f"{source} {item!r}: {text!r} is not a number") from None
         if a is None:
             if name in out:
-                raise BadInput(f"--param {name!r} given twice")
+                raise BadInput(f"{source} {name!r} given twice")
             out[name] = value
         else:
             table = out.setdefault(name, {})
             if not isinstance(table, dict):
-                raise BadInput(f"--param {name!r} given both as a scalar and per species pair")
+                raise BadInput(f"{source} {name!r} given both as a scalar and per species pair")
             if (a, b) in table or (b, a) in table:
-                raise BadInput(f"--param {name}[{a},{b}] given twice")
+                raise BadInput(f"{source} {name}[{a},{b}] given twice")
             table[(a, b)] = value
+    return out
+
+
+def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` (the command line) on top of ``base`` (the config file), by name; a
+    per-pair entry replaces one entry of a per-pair table of ``base`` (either order)."""
+    out = dict(base)
+    for name, value in override.items():
+        old = out.get(name)
+        if isinstance(value, dict) and isinstance(old, dict):
+            table = {k: v for k, v in old.items()
+                     if k not in value and (k[1], k[0]) not in value}
+            out[name] = {**table, **value}
+        else:
+            out[name] = value
     return out
 
 
@@ -209,8 +238,6 @@ def _check_overlap(atoms: Any, path: Path, min_distance: float = 0.1) -> None:
 
 def check_energy(system: Any, potential: Any, path: Path) -> None:
     """Refuse a start structure whose energy is not finite (overlapping atoms)."""
-    import math
-
     from ..md.model import build
 
     try:
@@ -224,7 +251,8 @@ def check_energy(system: Any, potential: Any, path: Path) -> None:
         raise BadInput(f"{path}: the start energy is not finite (overlapping atoms?)")
 
 
-def relax_options(fmax: float | None, max_steps: int | None) -> dict[str, Any]:
+def relax_options(fmax: float | None, max_steps: int | None, pressure: float | None = None,
+                  relax_cell: bool = False) -> dict[str, Any]:
     """Only the options the user set (the library keeps its own defaults)."""
     out: dict[str, Any] = {}
     if fmax is not None:
@@ -235,15 +263,34 @@ def relax_options(fmax: float | None, max_steps: int | None) -> dict[str, Any]:
         if max_steps < 1:
             raise BadInput(f"--max-steps must be at least 1, got {max_steps}")
         out["max_steps"] = max_steps
+    if pressure is not None:
+        if not math.isfinite(pressure):
+            raise BadInput(f"--pressure must be finite, got {pressure}")
+        if not relax_cell:
+            raise BadInput("--pressure needs --relax-cell (a fixed cell feels no pressure)")
+        out["pressure"] = pressure
     return out
 
 
-def finish(converged: bool, problems: Sequence[str], output: Path, quiet: bool) -> None:
+def file_digest(path: Path | None) -> str | None:
+    """SHA-256 of a potential file, for the run configuration."""
+    if path is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def finish(converged: bool, problems: Sequence[str], output: Path, quiet: bool,
+           written: bool = True) -> None:
     """Report and exit with SUCCESS or NOT_CONVERGED."""
     if not converged:
         for p in problems:
             click.echo(f"warning: {p}", err=True)
-        click.echo(f"not converged; wrote {output} (converged=false)", err=True)
+        if written:
+            click.echo(f"not converged; wrote {output} (converged=false)", err=True)
+        else:
+            click.echo(f"not converged; {output} not written (--no-partial)", err=True)
         sys.exit(ExitCode.NOT_CONVERGED)
     if not quiet:
         click.echo(f"wrote {output}")

@@ -7,29 +7,40 @@ from pathlib import Path
 import click
 
 from . import _common as c
+from ._config import config_option, config_params, config_path
+from ._progress import CHUNK, relax_progress
 
 _H5 = (".h5", ".hdf5", ".h5md")
+DEFAULT_MAX_STEPS = 10000
+"""``mdsens.md.relax``'s default step cap (the progress bar's total)."""
 
 
 @click.command("relax")
+@config_option
 @c.model_options
-@click.option("--method", type=click.Choice(["fire", "gd"]), default="fire", show_default=True,
-              help="Minimiser.")
 @c.output_options
-def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cell, fmax,
-              max_steps, method, output: Path, overwrite: bool, quiet: bool) -> None:
+@c.partial_option
+def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cell, pressure,
+              fmax, max_steps, method, output: Path, overwrite: bool, quiet: bool,
+              partial: bool) -> None:
     """Relax STRUCTURE (positions, and the cell with --relax-cell).
 
     OUTPUT ending in .h5 gets the H5MD result file (structure, energy, diagnostics); any
     other name is written by ASE in the format its extension implies (e.g. relaxed.xyz).
+    Exit code 1 when the relaxation does not converge (OUTPUT still written, unless
+    --no-partial).
 
     \b
-    Example:
+    Examples:
       mdsens relax data/ar_fcc_32.extxyz -p lj --param sigma=3.4 \\
           --param epsilon=0.0104 --relax-cell -o relaxed.h5
+      mdsens relax data/si_diamond.cif -p tersoff \\
+          --potential-file data/potentials/Si.tersoff -o si.xyz
+      mdsens relax --config run.toml --fmax 1e-4
     """
-    options = c.relax_options(fmax, max_steps)
-    values = c.parse_params(params)
+    options = c.relax_options(fmax, max_steps, pressure, relax_cell)
+    values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
+                            c.parse_params(params))
     c.check_output(output, overwrite)
     atoms = c.load_structure(structure, fmt)
     c.enable_x64()
@@ -39,17 +50,24 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
 
     from ..md.minimize import relax
 
-    relaxation = relax(system, pot, method=method, relax_cell=relax_cell,
-                       on_failure="ignore", **options)
+    steps = options.get("max_steps", DEFAULT_MAX_STEPS)
+    with relax_progress(not quiet, steps) as callback:
+        extra = {} if callback is None else {"callback": callback, "chunk": CHUNK}
+        relaxation = relax(system, pot, method=method, relax_cell=relax_cell,
+                           on_failure="ignore", **options, **extra)
+    converged = bool(relaxation.converged)
     config = {"command": "relax", "structure": str(structure), "format": fmt,
-              "potential": potential, "params": _config_params(values),
+              "potential": potential, "params": config_params_json(values),
               "potential_file": None if potential_file is None else str(potential_file),
-              "relax_cell": relax_cell, "method": method, "relax_options": options}
-    if output.suffix.lower() in _H5:
+              "potential_file_sha256": c.file_digest(potential_file),
+              "relax_cell": relax_cell, "method": method, "relax_options": options,
+              "config_file": config_path()}
+    written = converged or partial
+    if written and output.suffix.lower() in _H5:
         from ..io.hdf5 import write_result
 
         write_result(output, relaxation, system, pot, config, c.command_line())
-    else:
+    elif written:
         from ..io.errors import InputError
         from ..io.structures import write
 
@@ -59,10 +77,10 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
             raise c.BadInput(str(exc)) from None
     if not quiet:
         click.echo(relaxation.message)
-    c.finish(bool(relaxation.converged), [relaxation.message], output, quiet)
+    c.finish(converged, [relaxation.message], output, quiet, written)
 
 
-def _config_params(values: dict) -> dict:
-    """Per-pair tables with string keys (``"Ar-Kr"``) for JSON."""
+def config_params_json(values: dict) -> dict:
+    """Per-pair tables with string keys (``"Ar-Kr"``) for JSON (and ``--config`` files)."""
     return {k: ({f"{a}-{b}": x for (a, b), x in v.items()} if isinstance(v, dict) else v)
             for k, v in values.items()}

@@ -7,10 +7,16 @@ from pathlib import Path
 import click
 
 from . import _common as c
-from .relax import _config_params
+from ._config import config_option, config_params, config_path
+from ._progress import CHUNK, relax_progress
+from .relax import config_params_json
+
+DEFAULT_MAX_STEPS = 100000
+"""``mdsens.md.sensitivity``'s default relaxation step cap (the progress bar's total)."""
 
 
 @click.command("sensitivity")
+@config_option
 @c.model_options
 @click.option("--wrt", multiple=True, required=True, metavar="NAME",
               help="Parameter to differentiate with respect to; repeatable "
@@ -21,19 +27,30 @@ from .relax import _config_params
 @click.option("--mode", type=click.Choice(["auto", "forward", "reverse"]), default="auto",
               show_default=True, help="Forward (JVP) or reverse (VJP) differentiation.")
 @c.output_options
+@c.partial_option
 def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, relax_cell,
-                    fmax, max_steps, wrt, observables, mode, output: Path, overwrite: bool,
-                    quiet: bool) -> None:
+                    pressure, fmax, max_steps, method, wrt, observables, mode, output: Path,
+                    overwrite: bool, quiet: bool, partial: bool) -> None:
     """Relax STRUCTURE and write d(observable)/d(parameter) to OUTPUT (HDF5, H5MD 1.1).
 
+    Exit code 1 when the relaxation or a derivative solve fails (OUTPUT still written with
+    converged = false, unless --no-partial).
+
     \b
-    Example:
+    Examples:
       mdsens sensitivity data/ar_fcc_32.extxyz -p lj --param sigma=3.4 \\
           --param epsilon=0.0104 --wrt sigma --wrt epsilon \\
           --observable positions --observable energy -o out.h5
+      mdsens sensitivity data/ar_fcc_32.extxyz -p lj --param sigma=3.4 \\
+          --param epsilon=0.0104 --relax-cell --pressure 0.001 --wrt pressure \\
+          --observable volume -o bulk.h5
+      mdsens sensitivity --config run.toml --param sigma=3.5 -o other.h5
     """
-    options = c.relax_options(fmax, max_steps)
-    values = c.parse_params(params)
+    options = c.relax_options(fmax, max_steps, pressure, relax_cell)
+    if method != "fire":
+        options["method"] = method
+    values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
+                            c.parse_params(params))
     c.check_output(output, overwrite)
     _check_observables(observables)
     atoms = c.load_structure(structure, fmt)
@@ -46,17 +63,24 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
     from ..io.hdf5 import write_result
     from ..md.sensitivity import sensitivity
 
-    result = sensitivity(system, pot, list(wrt), list(observables), relax_cell=relax_cell,
-                         mode=mode, relax_options=options or None, on_failure="ignore")
+    steps = options.get("max_steps", DEFAULT_MAX_STEPS)
+    with relax_progress(not quiet, steps) as callback:
+        extra = {} if callback is None else {"callback": callback, "chunk": CHUNK}
+        result = sensitivity(system, pot, list(wrt), list(observables), relax_cell=relax_cell,
+                             pressure=options.get("pressure", 0.0), mode=mode,
+                             relax_options={**options, **extra} or None, on_failure="ignore")
     config = {"command": "sensitivity", "structure": str(structure), "format": fmt,
-              "potential": potential, "params": _config_params(values),
+              "potential": potential, "params": config_params_json(values),
               "potential_file": None if potential_file is None else str(potential_file),
+              "potential_file_sha256": c.file_digest(potential_file),
               "relax_cell": relax_cell, "relax_options": options, "wrt": list(wrt),
-              "observables": list(observables), "mode": mode}
-    write_result(output, result, system, pot, config, c.command_line())
+              "observables": list(observables), "mode": mode, "config_file": config_path()}
+    written = result.converged or partial
+    if written:
+        write_result(output, result, system, pot, config, c.command_line())
     if not quiet:
         click.echo(result.diagnostics["relaxation"]["status"])
-    c.finish(result.converged, result.problems, output, quiet)
+    c.finish(result.converged, result.problems, output, quiet, written)
 
 
 def _check_observables(observables) -> None:

@@ -24,7 +24,8 @@ Math and conventions
   at build; it stays valid while the widths exceed :math:`2 r_c` (skin is the margin).
 * Neighbour lists (jax-md, dense format, full i->j and j->i) are used when
   ``neighbor_list=True`` or, with ``"auto"``, when the (super)cell has more than
-  ``AUTO_NEIGHBOR_THRESHOLD`` atoms. Pairs are listed within :math:`r_c + \text{skin}`;
+  ``potential.neighbor_list_threshold`` atoms (200; 64 for many-body potentials).
+  Pairs are listed within :math:`r_c + \text{skin}`;
   :meth:`EnergyModel.update` rebuilds when an atom moved more than skin/2 since the last
   build or when the cell changed (a fractional-coordinate list cannot see a box change).
   Padded slots carry a constant dummy displacement beyond the cutoff (a double ``where``),
@@ -56,8 +57,9 @@ from .system import System
 
 __all__ = ["AUTO_NEIGHBOR_THRESHOLD", "EnergyModel", "Neighbors", "build"]
 
-AUTO_NEIGHBOR_THRESHOLD = 200
-"""``neighbor_list="auto"`` uses a list above this many (super)cell atoms."""
+AUTO_NEIGHBOR_THRESHOLD = Potential.neighbor_list_threshold
+"""Default of ``Potential.neighbor_list_threshold``: ``neighbor_list="auto"`` uses a list
+above this many (super)cell atoms."""
 
 DEFAULT_SKIN_FRACTION = 0.1
 """Default skin, as a fraction of the cutoff."""
@@ -332,8 +334,8 @@ def build(
     Args:
       system: the structure (its cell decides the replication).
       potential: any registered or custom :class:`Potential`.
-      neighbor_list: ``"auto"`` (a list above ``AUTO_NEIGHBOR_THRESHOLD`` internal atoms),
-        True or False.
+      neighbor_list: ``"auto"`` (a list above ``potential.neighbor_list_threshold``
+        internal atoms), True or False.
       skin: neighbour-list skin and small-cell margin in Å (default 0.1 * cutoff).
       capacity_multiplier: jax-md's spare neighbour capacity factor at allocation.
     Raises:
@@ -360,7 +362,7 @@ def build(
     if neighbor_list == "auto":
         use_nl = (
             cutoff is not None and potential.uses_neighborhood
-            and n_internal > AUTO_NEIGHBOR_THRESHOLD
+            and n_internal > potential.neighbor_list_threshold
         )
     else:
         use_nl = bool(neighbor_list)

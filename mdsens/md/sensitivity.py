@@ -334,7 +334,9 @@ def sensitivity(
         modes (Lanczos, ``lanczos_steps`` products) and flag a saddle.
       on_failure: ``"raise"`` (:class:`SensitivityError`), ``"warn"``, ``"nan"``
         (failed derivatives become NaN) or ``"ignore"``; the status is always in
-        ``converged``, ``problems`` and ``diagnostics``.
+        ``converged``, ``problems`` and ``diagnostics``. A relaxation that ended on
+        non-finite energies or positions raises :class:`SensitivityError` under every
+        policy: there is nothing to differentiate.
 
     Returns:
       :class:`Sensitivity`. ``diagnostics`` holds: ``relaxation`` (steps, fmax, converged,
@@ -367,6 +369,10 @@ def sensitivity(
         relaxation = relax(system, potential, relax_cell=relax_cell, **options)
     timings["relax"] = time.perf_counter() - t0
     relaxed = relaxation.system
+    if not (np.isfinite(float(relaxation.energy))
+            and np.all(np.isfinite(np.asarray(relaxed.positions)))):
+        # Nothing can be differentiated at a non-finite state, whatever the policy.
+        raise SensitivityError(f"cannot differentiate a non-finite state: {relaxation.message}")
     problems: list[str] = []
     if not bool(relaxation.converged):
         problems.append(f"relaxation did not converge: {relaxation.message}")

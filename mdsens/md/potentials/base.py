@@ -275,6 +275,9 @@ class Potential:
 
     name: ClassVar[str] = "potential"
     uses_neighborhood: ClassVar[bool] = True
+    neighbor_list_threshold: ClassVar[int] = 200
+    """``neighbor_list="auto"`` uses a list above this many internal atoms. Three-body
+    potentials without a list cost O(N³) per evaluation, so they set it lower."""
 
     params: Params
     species: tuple[str, ...] | None = None

@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +90,8 @@ class EAM(Potential):
     Settings: ``drho``, ``dr`` (grid steps), ``rc`` (cutoff, Å), ``rho_max`` (start of the
     linear extension of F), ``file``, ``fmt``.
     """
+
+    neighbor_list_threshold: ClassVar[int] = 64
 
     name = "eam"
     drho: float = 1.0

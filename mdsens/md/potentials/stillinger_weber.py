@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
@@ -78,6 +78,8 @@ class StillingerWeber(Potential):
 
     Settings: ``file``, the LAMMPS file the parameters were read from (or None).
     """
+
+    neighbor_list_threshold: ClassVar[int] = 64
 
     name = "stillinger_weber"
     file: str | None = None

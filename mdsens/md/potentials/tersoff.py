@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +86,8 @@ class Tersoff(Potential):
     Settings: ``m`` (int for all triplets, or a nested ``(S, S, S)`` tuple of ints, each 1
     or 3), ``file`` (the LAMMPS file the parameters came from, or None).
     """
+
+    neighbor_list_threshold: ClassVar[int] = 64
 
     name = "tersoff"
     m: MExponent = 3
