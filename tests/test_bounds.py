@@ -25,11 +25,9 @@ def implicit_jacobian(w, lam):
     return -jnp.linalg.solve(jax.jacfwd(F)(w, lam), jax.jacfwd(F, 1)(w, lam))
 
 
+@jax.jit
 def gradient_descent(steps, lam):
-    w = jnp.zeros(5)
-    for _ in range(steps):
-        w = w - 0.5 * F(w, lam)
-    return w
+    return jax.lax.fori_loop(0, steps, lambda _, w: w - 0.5 * F(w, lam), jnp.zeros(5))
 
 
 def test_extreme_singular_values_match_svd():

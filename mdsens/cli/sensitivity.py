@@ -96,10 +96,10 @@ def _check_observables(observables) -> None:
 def _check_names(system, pot, wrt, observables, relax_cell) -> None:
     """Validate wrt and observables as the library would, before any work."""
     from ..md import observables as obs_mod
-    from ..md.sensitivity import _parse_wrt
+    from ..md._problem import parse_wrt
 
     try:
         obs_mod.resolve(list(observables), system.is_periodic)
-        _parse_wrt(list(wrt), pot, system.dim, system.is_periodic, relax_cell)
+        parse_wrt(list(wrt), pot, system.dim, system.is_periodic, relax_cell)
     except ValueError as exc:
         raise c.BadInput(str(exc)) from None

@@ -34,7 +34,9 @@ from jax.flatten_util import ravel_pytree
 
 PyTree = Any
 
-__all__ = ["JacobianErrorEstimate", "jacobian_error_estimate", "extreme_singular_values"]
+__all__ = [
+    "JacobianErrorEstimate", "jacobian_error_estimate", "extreme_singular_values", "lanczos_ritz",
+]
 
 
 @jax.tree_util.register_dataclass
@@ -62,7 +64,7 @@ class JacobianErrorEstimate:
     constant: jax.Array
 
 
-def _lanczos_ritz(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, steps: int):
+def lanczos_ritz(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, steps: int):
     """Ritz values of a symmetric operator from ``steps`` Lanczos steps (full reorthogonalisation).
 
     Returns the eigenvalues of the tridiagonal T (ascending); padded steps after an invariant
@@ -118,7 +120,7 @@ def extreme_singular_values(
     transpose = jax.linear_transpose(A, flat)
     AtA = lambda v: transpose(A(v).astype(out_example.dtype))[0]  # noqa: E731
     v0 = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
-    ritz, count = _lanczos_ritz(AtA, v0, steps)
+    ritz, count = lanczos_ritz(AtA, v0, steps)
     lam_min = jnp.maximum(ritz[0], 0.0)
     lam_max = ritz[count - 1]
     return jnp.sqrt(lam_min), jnp.sqrt(jnp.maximum(lam_max, 0.0))

@@ -43,8 +43,6 @@ stress.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -55,13 +53,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..implicit import SolveInfo, Status, custom_root, linsolve, root_jvp, root_vjp
-from ..implicit.bounds import _lanczos_ritz
+from ..implicit import SolveInfo, Status, root_jvp, root_vjp
+from ..implicit.bounds import lanczos_ritz
 from . import observables as obs_mod
 from . import zero_modes
+from ._problem import RootProblem, initial_theta, make_preconditioner, make_solver, parse_wrt
+from .elastic import elastic_constants
 from .minimize import relax
 from .model import build
-from .strain import deformation, n_voigt, stress_to_voigt, voigt_labels
+from .strain import n_voigt
 from .system import System
 
 Array = jax.Array
@@ -70,7 +70,6 @@ Policy = Literal["raise", "warn", "nan", "ignore"]
 
 __all__ = ["Sensitivity", "SensitivityError", "SensitivityWarning", "sensitivity"]
 
-_PAIR_RE = re.compile(r"^(\w+)\[\s*([A-Za-z]+)\s*,\s*([A-Za-z]+)\s*\]$")
 
 
 class SensitivityError(RuntimeError):
@@ -105,182 +104,6 @@ class Sensitivity:
     relaxation: Any
     converged: bool
     problems: tuple[str, ...] = ()
-
-
-# ----------------------------------------------------------------------------- parameters
-
-
-@dataclasses.dataclass(frozen=True)
-class _ParamSpec:
-    """How one ``wrt`` name enters the parameters: a whole array, a species-pair entry, the
-    applied strain or the external pressure."""
-
-    name: str
-    kind: Literal["param", "pair", "strain", "pressure"]
-    base: str = ""
-    index: tuple[tuple[int, int], ...] = ()
-
-
-def _parse_wrt(wrt, potential, dim, periodic, relax_cell) -> list[_ParamSpec]:
-    if isinstance(wrt, str):
-        wrt = [wrt]
-    specs: list[_ParamSpec] = []
-    names = set(potential.params)
-    for item in wrt:
-        if item == "strain":
-            if not periodic:
-                raise ValueError("wrt='strain' needs a periodic system")
-            if relax_cell:
-                raise ValueError(
-                    "wrt='strain' needs a fixed cell (a relaxing cell relaxes the strain away)"
-                )
-            specs.append(_ParamSpec("strain", "strain"))
-            continue
-        if item == "pressure":
-            if not relax_cell:
-                raise ValueError("wrt='pressure' needs relax_cell=True")
-            specs.append(_ParamSpec("pressure", "pressure"))
-            continue
-        m = _PAIR_RE.match(item)
-        if m:
-            base, a, b = m.groups()
-            if base not in names:
-                raise ValueError(f"unknown parameter {base!r}; known: {sorted(names)}")
-            species = potential.species or ()
-            if jnp.ndim(potential.params[base]) != 2 or a not in species or b not in species:
-                raise ValueError(
-                    f"{item!r}: {base!r} is not a per-pair parameter over species "
-                    f"{list(species)}"
-                )
-            i, j = species.index(a), species.index(b)
-            index = ((i, j),) if i == j else ((i, j), (j, i))
-            specs.append(_ParamSpec(item, "pair", base, index))
-            continue
-        if item not in names:
-            known = sorted(names) + ["strain" if not relax_cell else "pressure"]
-            raise ValueError(f"unknown parameter {item!r}; known: {known}")
-        specs.append(_ParamSpec(item, "param", item))
-    if not specs:
-        raise ValueError("no parameters to differentiate with respect to (wrt is empty)")
-    if len({s.name for s in specs}) != len(specs):
-        raise ValueError(f"duplicate names in wrt: {list(wrt)}")
-    return specs
-
-
-def _theta0(specs, potential, dim, pressure) -> dict[str, Array]:
-    out = {}
-    for s in specs:
-        if s.kind == "param":
-            out[s.name] = jnp.asarray(potential.params[s.name], jnp.float64)
-        elif s.kind == "pair":
-            out[s.name] = jnp.zeros((), jnp.float64)
-        elif s.kind == "strain":
-            out[s.name] = jnp.zeros((n_voigt(dim),), jnp.float64)
-        else:
-            out[s.name] = jnp.asarray(pressure, jnp.float64)
-    return out
-
-
-# ----------------------------------------------------------------------------- the problem
-
-
-@dataclasses.dataclass(frozen=True)
-class _Problem:
-    """The root problem F(x, θ) = ∇ₓ G(x, θ) around the relaxed state."""
-
-    model: Any
-    nbrs: Any
-    specs: tuple[_ParamSpec, ...]
-    base_params: dict
-    cell0: Array | None
-    dim: int
-    relax_cell: bool
-    pressure: float
-
-    def params(self, theta) -> dict:
-        params = dict(self.base_params)
-        for s in self.specs:
-            if s.kind == "param":
-                params[s.base] = theta[s.name]
-        for s in self.specs:
-            if s.kind == "pair":
-                delta = jnp.zeros_like(params[s.base])
-                for i, j in s.index:
-                    delta = delta.at[i, j].set(1.0)
-                params[s.base] = params[s.base] + theta[s.name] * delta
-        return params
-
-    def strain(self, theta) -> Array:
-        for s in self.specs:
-            if s.kind == "strain":
-                return theta[s.name]
-        return jnp.zeros((n_voigt(self.dim),), jnp.float64)
-
-    def ext_pressure(self, theta) -> Array:
-        for s in self.specs:
-            if s.kind == "pressure":
-                return theta[s.name]
-        return jnp.asarray(self.pressure, jnp.float64)
-
-    def configuration(self, x, theta):
-        """Cartesian positions, cell and parameters of unknowns ``x`` at parameters ``θ``."""
-        params = self.params(theta)
-        if self.cell0 is None:
-            return x, None, params
-        if self.relax_cell:
-            U = deformation(x["eps"], self.dim)
-            return x["R"] @ U, self.cell0 @ U, params
-        U = deformation(self.strain(theta), self.dim)
-        return x @ U, self.cell0 @ U, params
-
-    def objective(self, x, theta):
-        R, C, params = self.configuration(x, theta)
-        E = self.model.energy(R, C, params, self.nbrs)
-        if self.relax_cell:
-            E = E + self.ext_pressure(theta) * jnp.abs(jnp.linalg.det(C))
-        return E
-
-    def F(self, x, theta):
-        return jax.grad(self.objective)(x, theta)
-
-    def embed(self, modes: Array):
-        """Zero modes (k, N, d) of the positions as modes of the unknowns x."""
-        if not self.relax_cell:
-            return modes
-        k = modes.shape[0]
-        return {"R": modes, "eps": jnp.zeros((k, n_voigt(self.dim)), modes.dtype)}
-
-
-def _make_solver(name, tol, maxiter, nullspace, M):
-    solver = linsolve.get_solver(name)
-    options = {"tol": tol, "nullspace": nullspace}
-    if maxiter is not None:
-        options["maxiter"] = maxiter
-    if M is not None:
-        options["M"] = M
-    return functools.partial(solver, **options)
-
-
-def _preconditioner(kind, blocks, problem: _Problem):
-    """Jacobi or per-atom block-Jacobi from the diagonal blocks (N, d, d); cell strain
-    components (relax_cell) are left unpreconditioned."""
-    if kind is None:
-        return None
-    if kind not in ("jacobi", "block_jacobi"):
-        raise ValueError(f"preconditioner must be None, 'jacobi' or 'block_jacobi', got {kind!r}")
-    blocks = np.asarray(blocks)
-    if kind == "jacobi":
-        diag = np.einsum("nii->ni", blocks)
-        scale = np.abs(diag).max()
-        inv = np.where(diag > 1e-12 * scale, 1.0 / np.where(diag > 0, diag, 1.0), 0.0)
-        apply_R = lambda v: jnp.asarray(inv) * v  # noqa: E731
-    else:
-        inv = np.linalg.pinv(0.5 * (blocks + np.swapaxes(blocks, 1, 2)), hermitian=True,
-                             rtol=1e-10)
-        apply_R = lambda v: jnp.einsum("nij,nj->ni", jnp.asarray(inv), v)  # noqa: E731
-    if not problem.relax_cell:
-        return apply_R
-    return lambda x: {"R": apply_R(x["R"]), "eps": x["eps"]}
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -356,7 +179,7 @@ def sensitivity(
     periodic = system.is_periodic
     dim = system.dim
     observables_ = obs_mod.resolve(observables, periodic)
-    specs = tuple(_parse_wrt(wrt, potential, dim, periodic, relax_cell))
+    specs = tuple(parse_wrt(wrt, potential, dim, periodic, relax_cell))
     timings: dict[str, float] = {}
 
     # 1. relaxation --------------------------------------------------------------------
@@ -383,9 +206,9 @@ def sensitivity(
     R_star = jnp.asarray(relaxed.positions, jnp.float64)
     cell0 = jnp.asarray(relaxed.cell, jnp.float64) if periodic else None
     nbrs = model.allocate(R_star, cell0)
-    problem = _Problem(model, nbrs, specs, dict(potential.params), cell0, dim, relax_cell,
+    problem = RootProblem(model, nbrs, specs, dict(potential.params), cell0, dim, relax_cell,
                        float(pressure))
-    theta0 = _theta0(specs, potential, dim, pressure)
+    theta0 = initial_theta(specs, potential, dim, pressure)
     if relax_cell:
         x_star = {"R": R_star, "eps": jnp.zeros((n_voigt(dim),), jnp.float64)}
     else:
@@ -407,8 +230,8 @@ def sensitivity(
             if len(extra):
                 modes = jnp.concatenate([modes, jnp.asarray(extra, modes.dtype)])
     nullspace = problem.embed(modes)
-    M = _preconditioner(preconditioner, blocks, problem) if blocks is not None else None
-    solve = _make_solver(solver, tol, maxiter, nullspace, M)
+    M = make_preconditioner(preconditioner, blocks, problem) if blocks is not None else None
+    solve = make_solver(solver, tol, maxiter, nullspace, M)
     timings["setup"] = time.perf_counter() - t0
 
     # 4. root residual and curvature ----------------------------------------------------
@@ -456,10 +279,10 @@ def sensitivity(
     if obs_mod.ELASTIC in observables_:
         t0 = time.perf_counter()
         fixed_problem = dataclasses.replace(problem, relax_cell=False)
-        M_fixed = (_preconditioner(preconditioner, blocks, fixed_problem)
+        M_fixed = (make_preconditioner(preconditioner, blocks, fixed_problem)
                    if blocks is not None else None)
-        solve_fixed = _make_solver(solver, tol, maxiter, modes, M_fixed)
-        C_val, C_der, elastic_info = _elastic(problem, x_star, theta0, solve, solve_fixed)
+        solve_fixed = make_solver(solver, tol, maxiter, modes, M_fixed)
+        C_val, C_der, elastic_info = elastic_constants(problem, x_star, theta0, solve, solve_fixed)
         values[obs_mod.ELASTIC] = C_val
         derivatives[obs_mod.ELASTIC] = C_der
         timings["elastic"] = time.perf_counter() - t0
@@ -520,7 +343,7 @@ def sensitivity(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _position_hvp(problem: _Problem, x_star, theta0):
+def _position_hvp(problem: RootProblem, x_star, theta0):
     """Hessian-vector product restricted to positions (N, d) -> (N, d)."""
     if not problem.relax_cell:
         _, hvp = jax.linearize(lambda x: problem.F(x, theta0), x_star)
@@ -546,7 +369,7 @@ def _smallest_curvature(problem, x_star, theta0, project, steps) -> tuple[float,
     _, hvp = jax.linearize(lambda x: problem.F(x, theta0), x_star)
     op = lambda v: project(ravel_pytree(hvp(unravel(project(v))))[0])  # noqa: E731
     v0 = project(jax.random.normal(jax.random.PRNGKey(0), flat_x.shape, flat_x.dtype))
-    ritz, count = jax.jit(lambda v: _lanczos_ritz(op, v, steps))(v0)
+    ritz, count = jax.jit(lambda v: lanczos_ritz(op, v, steps))(v0)
     ritz = np.asarray(ritz)[: int(count)]
     lam_max = float(np.max(np.abs(ritz)))
     positive = ritz[ritz > 1e-10 * lam_max]
@@ -629,69 +452,3 @@ def _solve_table(infos: SolveInfo | None):
     }
     table["converged"] = table["status"] == Status.SUCCESS
     return table
-
-
-def _elastic(problem: _Problem, x_star, theta0, solve, solve_fixed):
-    r"""Relaxed elastic constants :math:`C = d\sigma_\text{Voigt}/d\eta` at fixed cell and
-    their derivatives with respect to the requested parameters.
-
-    A fixed-cell root problem in the strain of the relaxed cell is wrapped with
-    :func:`mdsens.implicit.custom_root` around the known root, so both ``C`` (a first
-    derivative) and ``dC/dθ`` (a second derivative) come from the implicit rule. With
-    ``relax_cell`` the relaxed positions and cell depend on θ through the cell-relaxation
-    root, which is included the same way. Each solve's status is recorded host-side.
-    """
-    dim = problem.dim
-    strain = _ParamSpec("__strain__", "strain")
-    fixed = dataclasses.replace(
-        problem, relax_cell=False,
-        specs=(*(s for s in problem.specs if s.kind in ("param", "pair")), strain),
-    )
-    keys = [s.name for s in fixed.specs if s.kind != "strain"]
-    records: list[tuple] = []
-
-    def tracked(solve_fn):
-        def run(matvec, b, on_failure="ignore"):
-            x, info = solve_fn(matvec, b, on_failure="ignore")
-            jax.debug.callback(lambda *a: records.append(a), info.status, info.iterations,
-                               info.residual_norm)
-            return x, info
-
-        return functools.partial(custom_root, solve=run, symmetric=True, on_failure="ignore")
-
-    implicit = tracked(solve_fixed)
-
-    def base_state(theta):
-        if not problem.relax_cell:
-            return x_star, problem.cell0
-        outer = tracked(solve)(problem.F)(lambda init, th: x_star)(None, theta)
-        U = deformation(outer["eps"], dim)
-        return outer["R"] @ U, problem.cell0 @ U
-
-    def elastic(theta):
-        R0, C0 = base_state(theta)
-        prob = dataclasses.replace(fixed, cell0=C0)
-        # The root is known (R_ref, the relaxed positions): the "solver" returns it.
-        root = implicit(lambda x, th, R_ref: prob.F(x, th))(lambda init, th, R_ref: R_ref)
-        applied = problem.strain(theta)
-
-        def stress_of(eta):
-            th = {k: theta[k] for k in keys}
-            th["__strain__"] = eta + applied
-            Rc, Cc, params = prob.configuration(root(None, th, R0), th)
-            return stress_to_voigt(problem.model.stress(Rc, Cc, params, problem.nbrs))
-
-        return jax.jacfwd(stress_of)(jnp.zeros((n_voigt(dim),), jnp.float64))
-
-    value = np.asarray(jax.jit(elastic)(theta0))
-    jac = jax.jit(jax.jacfwd(elastic))(theta0)
-    jax.effects_barrier()
-    derivatives = {k: np.asarray(v) for k, v in jac.items()}
-    info = {
-        "status": np.array([int(np.max(r[0])) for r in records] or [0]),
-        "iterations": np.array([int(np.max(r[1])) for r in records] or [0]),
-        "residual_norm": np.array([float(np.max(r[2])) for r in records] or [0.0]),
-        "labels": voigt_labels(dim),
-    }
-    info["converged"] = info["status"] == Status.SUCCESS
-    return value, derivatives, info

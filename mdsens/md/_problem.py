@@ -1,0 +1,206 @@
+r"""The root problem behind :func:`mdsens.md.sensitivity.sensitivity`.
+
+Unknowns ``x`` and parameters ``θ`` around a relaxed state, and the optimality condition
+``F(x, θ) = ∇ₓ G(x, θ)``:
+
+* fixed cell: ``x = R̃`` (N, d), ``G = E(R̃(I+η), C₀(I+η); p)`` with ``θ = (p, η)``;
+* relaxing cell: ``x = (R̃, ε)``, ``G = E(R̃(I+ε), C₀(I+ε); p) + P det C``.
+
+``wrt`` names map to entries of ``θ`` (:class:`ParamSpec`): a whole parameter array, one
+species pair of a per-pair matrix (an additive offset on both symmetric entries), the applied
+Voigt strain, or the external pressure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..implicit import linsolve
+from .strain import deformation, n_voigt
+
+Array = jax.Array
+
+_PAIR_RE = re.compile(r"^(\w+)\[\s*([A-Za-z]+)\s*,\s*([A-Za-z]+)\s*\]$")
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """How one ``wrt`` name enters the parameters: a whole array, a species-pair entry, the
+    applied strain or the external pressure."""
+
+    name: str
+    kind: Literal["param", "pair", "strain", "pressure"]
+    base: str = ""
+    index: tuple[tuple[int, int], ...] = ()
+
+
+def parse_wrt(wrt, potential, dim, periodic, relax_cell) -> list[ParamSpec]:
+    if isinstance(wrt, str):
+        wrt = [wrt]
+    specs: list[ParamSpec] = []
+    names = set(potential.params)
+    for item in wrt:
+        if item == "strain":
+            if not periodic:
+                raise ValueError("wrt='strain' needs a periodic system")
+            if relax_cell:
+                raise ValueError(
+                    "wrt='strain' needs a fixed cell (a relaxing cell relaxes the strain away)"
+                )
+            specs.append(ParamSpec("strain", "strain"))
+            continue
+        if item == "pressure":
+            if not relax_cell:
+                raise ValueError("wrt='pressure' needs relax_cell=True")
+            specs.append(ParamSpec("pressure", "pressure"))
+            continue
+        m = _PAIR_RE.match(item)
+        if m:
+            base, a, b = m.groups()
+            if base not in names:
+                raise ValueError(f"unknown parameter {base!r}; known: {sorted(names)}")
+            species = potential.species or ()
+            if jnp.ndim(potential.params[base]) != 2 or a not in species or b not in species:
+                raise ValueError(
+                    f"{item!r}: {base!r} is not a per-pair parameter over species "
+                    f"{list(species)}"
+                )
+            i, j = species.index(a), species.index(b)
+            index = ((i, j),) if i == j else ((i, j), (j, i))
+            specs.append(ParamSpec(item, "pair", base, index))
+            continue
+        if item not in names:
+            known = sorted(names) + ["strain" if not relax_cell else "pressure"]
+            raise ValueError(f"unknown parameter {item!r}; known: {known}")
+        specs.append(ParamSpec(item, "param", item))
+    if not specs:
+        raise ValueError("no parameters to differentiate with respect to (wrt is empty)")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"duplicate names in wrt: {list(wrt)}")
+    return specs
+
+
+def initial_theta(specs, potential, dim, pressure) -> dict[str, Array]:
+    out = {}
+    for s in specs:
+        if s.kind == "param":
+            out[s.name] = jnp.asarray(potential.params[s.name], jnp.float64)
+        elif s.kind == "pair":
+            out[s.name] = jnp.zeros((), jnp.float64)
+        elif s.kind == "strain":
+            out[s.name] = jnp.zeros((n_voigt(dim),), jnp.float64)
+        else:
+            out[s.name] = jnp.asarray(pressure, jnp.float64)
+    return out
+
+
+# ----------------------------------------------------------------------------- the problem
+
+
+@dataclasses.dataclass(frozen=True)
+class RootProblem:
+    """The root problem F(x, θ) = ∇ₓ G(x, θ) around the relaxed state."""
+
+    model: Any
+    nbrs: Any
+    specs: tuple[ParamSpec, ...]
+    base_params: dict
+    cell0: Array | None
+    dim: int
+    relax_cell: bool
+    pressure: float
+
+    def params(self, theta) -> dict:
+        params = dict(self.base_params)
+        for s in self.specs:
+            if s.kind == "param":
+                params[s.base] = theta[s.name]
+        for s in self.specs:
+            if s.kind == "pair":
+                delta = jnp.zeros_like(params[s.base])
+                for i, j in s.index:
+                    delta = delta.at[i, j].set(1.0)
+                params[s.base] = params[s.base] + theta[s.name] * delta
+        return params
+
+    def strain(self, theta) -> Array:
+        for s in self.specs:
+            if s.kind == "strain":
+                return theta[s.name]
+        return jnp.zeros((n_voigt(self.dim),), jnp.float64)
+
+    def ext_pressure(self, theta) -> Array:
+        for s in self.specs:
+            if s.kind == "pressure":
+                return theta[s.name]
+        return jnp.asarray(self.pressure, jnp.float64)
+
+    def configuration(self, x, theta):
+        """Cartesian positions, cell and parameters of unknowns ``x`` at parameters ``θ``."""
+        params = self.params(theta)
+        if self.cell0 is None:
+            return x, None, params
+        if self.relax_cell:
+            U = deformation(x["eps"], self.dim)
+            return x["R"] @ U, self.cell0 @ U, params
+        U = deformation(self.strain(theta), self.dim)
+        return x @ U, self.cell0 @ U, params
+
+    def objective(self, x, theta):
+        R, C, params = self.configuration(x, theta)
+        E = self.model.energy(R, C, params, self.nbrs)
+        if self.relax_cell:
+            E = E + self.ext_pressure(theta) * jnp.abs(jnp.linalg.det(C))
+        return E
+
+    def F(self, x, theta):
+        return jax.grad(self.objective)(x, theta)
+
+    def embed(self, modes: Array):
+        """Zero modes (k, N, d) of the positions as modes of the unknowns x."""
+        if not self.relax_cell:
+            return modes
+        k = modes.shape[0]
+        return {"R": modes, "eps": jnp.zeros((k, n_voigt(self.dim)), modes.dtype)}
+
+
+def make_solver(name, tol, maxiter, nullspace, M):
+    solver = linsolve.get_solver(name)
+    options = {"tol": tol, "nullspace": nullspace}
+    if maxiter is not None:
+        options["maxiter"] = maxiter
+    if M is not None:
+        options["M"] = M
+    return functools.partial(solver, **options)
+
+
+def make_preconditioner(kind, blocks, problem: RootProblem):
+    """Jacobi or per-atom block-Jacobi from the diagonal blocks (N, d, d); cell strain
+    components (relax_cell) are left unpreconditioned."""
+    if kind is None:
+        return None
+    if kind not in ("jacobi", "block_jacobi"):
+        raise ValueError(f"preconditioner must be None, 'jacobi' or 'block_jacobi', got {kind!r}")
+    blocks = np.asarray(blocks)
+    if kind == "jacobi":
+        diag = np.einsum("nii->ni", blocks)
+        scale = np.abs(diag).max()
+        inv = np.where(diag > 1e-12 * scale, 1.0 / np.where(diag > 0, diag, 1.0), 0.0)
+        apply_R = lambda v: jnp.asarray(inv) * v  # noqa: E731
+    else:
+        inv = np.linalg.pinv(0.5 * (blocks + np.swapaxes(blocks, 1, 2)), hermitian=True,
+                             rtol=1e-10)
+        apply_R = lambda v: jnp.einsum("nij,nj->ni", jnp.asarray(inv), v)  # noqa: E731
+    if not problem.relax_cell:
+        return apply_R
+    return lambda x: {"R": apply_R(x["R"]), "eps": x["eps"]}
