@@ -182,3 +182,18 @@ def test_rhs_entirely_in_nullspace_gives_zero(solver):
                                        nullspace=np.ones((1, n)))
     np.testing.assert_allclose(x, 0.0, atol=1e-12)
     np.testing.assert_allclose(float(info.nullspace_component), 0.3 * np.sqrt(n), rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["cg", "minres", "gmres", "lstsq"])
+def test_inconsistent_system_under_each_policy(systems, solver):
+    """The archived reference returned ~1e19 for this kind of system without a word: here
+    every policy surfaces it."""
+    A, q = systems["singular"], systems["null_vector"]
+    b = jnp.asarray(A @ np.arange(A.shape[0], dtype=float) + 24.0 * q)
+    solve = functools.partial(linsolve.SOLVERS[solver], lambda v: A @ v, b, maxiter=100)
+    with pytest.raises(SolveError):
+        solve(on_failure="raise")
+    with pytest.warns(RuntimeWarning):
+        solve(on_failure="warn")
+    x, info = solve(on_failure="nan")
+    assert np.all(np.isnan(x)) and not bool(info.converged)
