@@ -219,3 +219,185 @@ def test_inspect_and_plot(run, tmp_path):
     res = runner.invoke(main, ["plot", str(out), "-o", str(png)])
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- config, exit 1
+
+
+def _config(f) -> dict:
+    import json
+
+    return json.loads(f["parameters/config"][()])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory with a copy of the argon file and a run.toml that names it."""
+    d = tmp_path_factory.mktemp("toml")
+    (d / "argon.extxyz").write_text(ARGON.read_text())
+    (d / "run.toml").write_text(
+        'structure = "argon.extxyz"   # relative to this file\n'
+        'potential = "lj"\nfmax = 1e-4\nmax_steps = 3\noutput = "relaxed.h5"\n'
+        '[params]\nsigma = 3.0\nepsilon = 0.0104\n')
+    return d
+
+
+def test_config_not_converged_writes_partial_file(run_dir):
+    """The file's settings, the command line's overrides (params merged by name); three
+    steps do not converge: exit 1, the file is written with converged = false."""
+    result = CliRunner().invoke(main, ["relax", "--config", str(run_dir / "run.toml"),
+                                       "--param", "sigma=3.4"])
+    assert result.exit_code == ExitCode.NOT_CONVERGED, (result.output, result.exception)
+    assert "converged=false" in _stderr(result)
+    with h5py.File(run_dir / "relaxed.h5", "r") as f:
+        assert not bool(f["parameters"].attrs["converged"])
+        assert int(f["diagnostics/relaxation/steps"][()]) == 3
+        config = _config(f)
+    assert config["params"] == {"sigma": 3.4, "epsilon": 0.0104}
+    assert config["relax_options"] == {"fmax": 1e-4, "max_steps": 3}
+    assert config["config_file"] == str(run_dir / "run.toml")
+
+
+def test_no_partial_writes_nothing(run_dir):
+    out = run_dir / "none.h5"
+    result = CliRunner().invoke(main, ["relax", "--config", str(run_dir / "run.toml"),
+                                       "--param", "sigma=3.4", "-o", str(out), "--no-partial"])
+    assert result.exit_code == ExitCode.NOT_CONVERGED
+    assert "not written" in _stderr(result) and not out.exists()
+
+
+def test_merge_params():
+    from mdsens.cli._common import merge_params
+
+    base = {"sigma": {("Ar", "Ar"): 3.4, ("Ar", "Kr"): 3.6}, "epsilon": 0.01}
+    out = merge_params(base, {"sigma": {("Kr", "Ar"): 3.7}})
+    assert out == {"sigma": {("Ar", "Ar"): 3.4, ("Kr", "Ar"): 3.7}, "epsilon": 0.01}
+    assert merge_params(base, {"sigma": 3.5})["sigma"] == 3.5
+
+
+def test_config_per_pair_params_and_lists(tmp_path, monkeypatch):
+    """Per-pair tables and lists reach the command as if typed (stub sensitivity)."""
+    calls = _stub_sensitivity(monkeypatch)
+    cfg = _toml(tmp_path, "run.toml", f'structure = "{ARGON}"\npotential = "lj"\n'
+                'wrt = ["sigma", "epsilon"]\nobservables = "energy"\noutput = "o.h5"\n'
+                '[params]\nepsilon = 0.0104\nsigma = {"Ar-Ar" = 3.4}\n')
+    result = CliRunner().invoke(main, ["sensitivity", "--config", str(cfg)])
+    assert result.exit_code == ExitCode.SUCCESS, (result.output, result.exception)
+    (args, kwargs), = calls
+    assert args[2:] == (["sigma", "epsilon"], ["energy"])
+    assert np.asarray(args[1].params["sigma"]).tolist() == [[3.4]]
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert _config(f)["params"] == {"epsilon": 0.0104, "sigma": {"Ar-Ar": 3.4}}
+
+
+# ----------------------------------------------------------------------------- --pressure
+
+
+def _stub_sensitivity(monkeypatch, converged: bool = True) -> list:
+    """Replace the library's sensitivity by a stub that records its arguments."""
+    import importlib
+
+    from mdsens.md.sensitivity import Sensitivity
+
+    sens_mod = importlib.import_module("mdsens.md.sensitivity")  # the module, not the function
+
+    calls = []
+
+    class Relaxed:
+        def __init__(self, system):
+            self.system = system
+
+    def fake(system, potential, wrt, observables, **kwargs):
+        calls.append(((system, potential, wrt, observables), kwargs))
+        status = "converged" if converged else "maximum steps reached"
+        return Sensitivity(
+            values={"energy": np.array(-1.0)},
+            derivatives={"energy": {w: np.array(0.5) for w in wrt}},
+            units={"energy": "eV"}, wrt=tuple(wrt), parameter_shapes={w: () for w in wrt},
+            diagnostics={"relaxation": {"steps": 3, "fmax": 0.1, "converged": converged,
+                                        "status": status, "energy": -1.0}},
+            relaxation=Relaxed(system), converged=converged,
+            problems=() if converged else (f"relaxation did not converge: {status}",))
+
+    monkeypatch.setattr(sens_mod, "sensitivity", fake)
+    return calls
+
+
+def test_sensitivity_pressure_and_exit_1(tmp_path, monkeypatch):
+    """--pressure reaches the library (argument and relax options); a failed result gives
+    exit 1 with the file marked converged = false, or no file with --no-partial."""
+    calls = _stub_sensitivity(monkeypatch, converged=False)
+    out = tmp_path / "p.h5"
+    args = ["sensitivity", str(ARGON), *LJ, "--relax-cell", "--pressure", "0.002", "--wrt",
+            "pressure", "--observable", "volume", "--max-steps", "7", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.NOT_CONVERGED, (result.output, result.exception)
+    (_, kwargs), = calls
+    assert kwargs["pressure"] == 0.002 and kwargs["relax_cell"] is True
+    assert kwargs["relax_options"] == {"pressure": 0.002, "max_steps": 7}
+    with h5py.File(out, "r") as f:
+        assert not bool(f["parameters"].attrs["converged"])
+        assert _config(f)["relax_options"]["pressure"] == 0.002
+    out.unlink()
+    result = CliRunner().invoke(main, [*args, "--no-partial"])
+    assert result.exit_code == ExitCode.NOT_CONVERGED and not out.exists()
+
+
+def test_relax_under_pressure_equals_api(tmp_path):
+    """A real relaxation at 1.6e-3 eV/Å^3 (~260 MPa): the cell equals the library's."""
+    from mdsens.io import read
+    from mdsens.md import System, potentials
+    from mdsens.md.minimize import relax
+
+    out = tmp_path / "p.h5"
+    result = CliRunner().invoke(main, ["relax", str(ARGON), *LJ, "--relax-cell", "--pressure",
+                                       "1.6e-3", "--fmax", "1e-4", "-o", str(out)])
+    assert result.exit_code == ExitCode.SUCCESS, (result.output, result.exception)
+    api = relax(System.from_ase(read(ARGON)), potentials.get("lj", sigma=3.4, epsilon=0.0104),
+                relax_cell=True, pressure=1.6e-3, fmax=1e-4)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["particles/all/box/edges"][()], api.system.cell)
+        np.testing.assert_array_equal(f["particles/all/position"][()], api.system.positions)
+    assert abs(np.linalg.det(api.system.cell)) < abs(np.linalg.det(read(ARGON).cell)) * 0.97
+
+
+# ----------------------------------------------------------------------------- potential files
+
+
+def test_potential_file_tersoff(tmp_path):
+    """Tersoff Si(B) from the LAMMPS file on 8-atom diamond Si (fixed cell)."""
+    import hashlib
+
+    out = tmp_path / "si.h5"
+    tersoff = DATA / "potentials" / "Si.tersoff"
+    result = CliRunner().invoke(main, ["relax", str(DATA / "si_diamond.cif"), "-p", "tersoff",
+                                       "--potential-file", str(tersoff), "-o", str(out)])
+    assert result.exit_code == ExitCode.SUCCESS, (result.output, result.exception)
+    with h5py.File(out, "r") as f:
+        assert f["parameters/potential"].attrs["name"] == "tersoff"
+        # LAMMPS (data/reference): -37.04329 eV at a = 5.432 Å; the file has a = 5.431 Å
+        assert abs(f["observables/energy"][()] - (-37.04329)) < 1e-3
+        config = _config(f)
+    assert config["potential_file_sha256"] == hashlib.sha256(tersoff.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- progress bar
+
+
+def test_progress_bar():
+    import io
+
+    from rich.console import Console
+
+    from mdsens.cli._progress import relax_progress
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    with relax_progress(True, 1000, delay=0.0, console=console) as callback:
+        callback(100, -2.5, 3e-3)
+    text = buf.getvalue()
+    assert "100/1000" in text and "fmax 3.0e-03" in text
+    with relax_progress(False, 1000) as callback:
+        assert callback is None
+    with relax_progress(True, 1000, console=Console(file=io.StringIO())) as callback:
+        assert callback is None  # not a terminal

@@ -34,8 +34,9 @@ def main() -> None:
       mdsens inspect out.h5
       mdsens plot out.h5 -o out.png
 
-    Exit codes: 0 success, 1 not converged (file written, converged=false),
-    2 bad usage or bad input (no file written).
+    Exit codes: 0 success, 1 not converged (file written with converged=false,
+    unless --no-partial), 2 bad usage or bad input (no file written).
+    Options can also come from a TOML file: --config run.toml (see docs/cli.md).
     """
 
 

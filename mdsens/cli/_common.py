@@ -237,9 +237,13 @@ def _check_overlap(atoms: Any, path: Path, min_distance: float = 0.1) -> None:
 
 
 def check_energy(system: Any, potential: Any, path: Path) -> None:
-    """Refuse a start structure whose energy is not finite (overlapping atoms)."""
+    """Refuse a start structure whose energy is not finite (overlapping atoms) or cannot be
+    evaluated at all (e.g. a potential file whose cutoff needs more memory than there is)."""
+    import jax
+
     from ..md.model import build
 
+    runtime_error = getattr(jax.errors, "JaxRuntimeError", RuntimeError)
     try:
         model = build(system, potential)
         cell = system.cell if system.is_periodic else None
@@ -247,8 +251,22 @@ def check_energy(system: Any, potential: Any, path: Path) -> None:
         energy = float(model.energy(system.positions, cell, potential.params, nbrs))
     except (ValueError, TypeError) as exc:
         raise BadInput(f"{path}: cannot evaluate the potential: {exc}") from None
+    except (runtime_error, MemoryError) as exc:
+        reason = str(exc).rsplit("Error dispatching computation: ", 1)[-1]
+        cutoff = _cutoff(potential)
+        where = f" (cutoff {cutoff:.3g} Å)" if cutoff is not None else ""
+        raise BadInput(f"{path}: cannot evaluate potential {potential.name!r}{where}: "
+                       f"{reason}") from None
     if not math.isfinite(energy):
         raise BadInput(f"{path}: the start energy is not finite (overlapping atoms?)")
+
+
+def _cutoff(potential: Any) -> float | None:
+    try:
+        cutoff = potential.cutoff()
+        return None if cutoff is None else float(cutoff)
+    except Exception:  # only for the message
+        return None
 
 
 def relax_options(fmax: float | None, max_steps: int | None, pressure: float | None = None,

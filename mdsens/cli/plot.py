@@ -64,6 +64,11 @@ def plot_cmd(result: Path, param, scale, output: Path, overwrite: bool, quiet: b
         k = scale if scale is not None else 0.08 * span / norm
         ax.quiver(R[:, 0], R[:, 1], k * d[:, 0], k * d[:, 1], angles="xy", scale_units="xy",
                   scale=1.0, color="tab:red", zorder=2)
+        tips = R[:, :2] + k * d[:, :2]  # keep arrows inside the axes
+        lo = np.minimum(R[:, :2].min(0), tips.min(0)) - 0.05 * span
+        hi = np.maximum(R[:, :2].max(0), tips.max(0)) + 0.05 * span
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal")
         ax.set_xlabel("x (Å)")
         ax.set_ylabel("y (Å)")
