@@ -139,9 +139,12 @@ NAMES: tuple[str, ...] = (*BUILTIN, ELASTIC)
 
 
 def resolve(
-    observables: Sequence[str | Callable] | str | Callable, periodic: bool
+    observables: Sequence[str | Callable] | str | Callable, periodic: bool,
+    dim: int | None = None,
 ) -> dict[str, Observable]:
     """Turn names and callables into :class:`Observable` objects keyed by name.
+
+    With ``dim`` given, units are written for that dimension (``Å^3`` rather than ``Å^d``).
 
     A callable ``f(R, cell, params)`` is keyed by its ``__name__``. Raises ``ValueError`` for
     unknown names, duplicates, and cell observables of free systems.
@@ -162,6 +165,8 @@ def resolve(
             raise ValueError(f"unknown observable {item!r}; known: {', '.join(NAMES)}")
         if obs.periodic_only and not periodic:
             raise ValueError(f"observable {obs.name!r} needs a periodic system")
+        if dim is not None:
+            obs = dataclasses.replace(obs, unit=obs.unit.replace(_LENGTH_D, f"Å^{dim}"))
         if obs.name in out:
             raise ValueError(f"observable {obs.name!r} requested twice")
         out[obs.name] = obs

@@ -178,7 +178,7 @@ def sensitivity(
         system = System.from_ase(system)
     periodic = system.is_periodic
     dim = system.dim
-    observables_ = obs_mod.resolve(observables, periodic)
+    observables_ = obs_mod.resolve(observables, periodic, dim)
     specs = tuple(parse_wrt(wrt, potential, dim, periodic, relax_cell))
     timings: dict[str, float] = {}
 
