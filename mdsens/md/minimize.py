@@ -285,7 +285,11 @@ def relax(
                     capacity_multiplier=model.capacity_multiplier,
                 )
                 key = (model, config, relax_cell)
-            state, flags = _refresh_jit(key, ctx, state, model.allocate(R, cell))
+            # Each failed repair adds a quarter of the current capacity: a trial step that
+            # overflows a fresh list means the density jumps faster than jax-md's margin.
+            capacity = 0 if state.aux.nbrs is None else state.aux.nbrs.nlist.idx.shape[-1]
+            extra = (stalled - 1) * max(capacity // 4, 1)
+            state, flags = _refresh_jit(key, ctx, state, model.allocate(R, cell, extra))
             continue
         if flags & _loop.NONFINITE:
             status = Status.NONFINITE

@@ -146,6 +146,7 @@ class EnergyModel:
     _neighbor_fn: Any = None
     _origin: np.ndarray | None = None
     _all_pairs: np.ndarray | None = None
+    _cell_list_fns: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -241,8 +242,14 @@ class EnergyModel:
             return _wrap(R_s @ jnp.linalg.inv(C_s))
         return R_s - jnp.asarray(self._origin, R_s.dtype)
 
-    def allocate(self, R: Array, cell: Array | None) -> Neighbors | None:
-        """New neighbour list for ``R``, ``cell`` (host side, not jit-able); None if unused."""
+    def allocate(
+        self, R: Array, cell: Array | None, extra_capacity: int = 0
+    ) -> Neighbors | None:
+        """New neighbour list for ``R``, ``cell`` (host side, not jit-able); None if unused.
+
+        ``extra_capacity`` adds neighbour slots per atom beyond jax-md's
+        ``capacity_multiplier`` margin (for states whose density is still changing).
+        """
         if not self.uses_neighbor_list:
             return None
         R = jax.lax.stop_gradient(jnp.asarray(R))
@@ -251,9 +258,27 @@ class EnergyModel:
         X = self._list_positions(R_s, C_s)
         with _quiet_jax_md():
             if self.periodic:
-                return Neighbors(self._neighbor_fn.allocate(X, box=_nl_box(C_s)), C_s)
-            nlist = self._neighbor_fn.allocate(X)
+                nlist = self._neighbor_fn.allocate(X, extra_capacity=extra_capacity,
+                                                   box=_nl_box(C_s))
+                return Neighbors(self._stable(nlist), C_s)
+            nlist = self._neighbor_fn.allocate(X, extra_capacity=extra_capacity)
+            nlist = self._stable(nlist)
         return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype))
+
+    def _stable(self, nlist: partition.NeighborList) -> partition.NeighborList:
+        """Reuse one cell-list function per (capacity, box) across allocations.
+
+        jax-md puts a fresh ``cell_list_fn`` closure into every allocated list as a static
+        field; two lists for the same system would then never share compiled code. An
+        equivalent closure is cached on the model and swapped in.
+        """
+        fn = nlist.cell_list_fn
+        if fn is None:
+            return nlist
+        key = (nlist.cell_list_capacity, nlist.max_occupancy,
+               np.asarray(nlist.cell_size).tobytes())
+        cached = self._cell_list_fns.setdefault(key, fn)
+        return nlist if cached is fn else nlist.set(cell_list_fn=cached)
 
     def update(self, R: Array, cell: Array | None, nbrs: Neighbors | None) -> Neighbors | None:
         """Neighbour list for new positions and cell (jit-able; keeps the capacity).
