@@ -215,16 +215,11 @@ def sensitivity(
         x_star = R_star
 
     # 3. zero modes -------------------------------------------------------------------
-    n = relaxed.n_atoms
     modes = zero_modes.rigid_modes(R_star, periodic)
     hvp_R = _position_hvp(problem, x_star, theta0)
-    want_blocks = (rattlers is True or preconditioner is not None or (
-        rattlers == "auto" and n <= zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN))
-    blocks = None
+    blocks = _diagonal_blocks(model, hvp_R, R_star, cell0, rattlers, preconditioner)
     rattler_atoms = np.array([], int)
-    if want_blocks:
-        blocks = np.asarray(jax.jit(lambda: zero_modes.diagonal_blocks(hvp_R, n, dim,
-                                                                       R_star.dtype))())
+    if blocks is not None:
         if rattlers is not False:
             extra, rattler_atoms = zero_modes.rattler_modes(blocks)
             if len(extra):
@@ -354,6 +349,30 @@ def _position_hvp(problem: RootProblem, x_star, theta0):
 
     _, hvp = jax.linearize(F_R, x_star["R"])
     return hvp
+
+
+def _diagonal_blocks(model, hvp, R, cell, rattlers, preconditioner):
+    """Per-atom Hessian blocks for rattler detection and preconditioning, or None.
+
+    Coloured probing (d Hessian-vector products per colour; atoms closer than the
+    Hessian's range get different colours) when it needs fewer products than the
+    one-atom-at-a-time scan (N·d products).
+    """
+    n, d = R.shape
+    if rattlers is False and preconditioner is None:
+        return None
+    colors = None
+    if model.cutoff is not None:
+        reach = model.potential.hessian_range_factor * model.cutoff
+        colors = zero_modes.spatial_colors(np.asarray(R), None if cell is None else
+                                           np.asarray(cell), reach)
+    if colors is not None and colors.max() + 1 < n:
+        fn = lambda: zero_modes.colored_diagonal_blocks(hvp, colors, d, R.dtype)  # noqa: E731
+    elif n <= zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN or rattlers is True or preconditioner:
+        fn = lambda: zero_modes.diagonal_blocks(hvp, n, d, R.dtype)  # noqa: E731
+    else:
+        return None
+    return np.asarray(jax.jit(fn)())
 
 
 def _smallest_curvature(problem, x_star, theta0, project, steps) -> tuple[float, ...]:

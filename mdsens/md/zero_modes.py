@@ -25,9 +25,9 @@ RATTLER_THRESHOLD = 1e-10
 """A direction of an atom is floppy when its diagonal-block eigenvalue is below this
 fraction of the largest diagonal-block eigenvalue."""
 
-MAX_ATOMS_FOR_RATTLER_SCAN = 4000
-"""Rattler detection needs N·d Hessian-vector products; above this size it is skipped
-(a solve whose right-hand side excites a missed rattler then fails to converge and says so)."""
+MAX_ATOMS_FOR_RATTLER_SCAN = 500
+"""Above this size the diagonal blocks come from coloured probing only (d products per
+colour); the one-atom-at-a-time scan (N·d products) is used below it."""
 
 
 def rigid_modes(positions: Array, periodic: bool) -> Array:
@@ -48,7 +48,7 @@ def rigid_modes(positions: Array, periodic: bool) -> Array:
 
 def diagonal_blocks(hvp: Callable[[Array], Array], n: int, d: int, dtype) -> Array:
     r"""Per-atom Hessian blocks :math:`H_{ii}` ``(N, d, d)`` from ``N d`` Hessian-vector
-    products, batched with ``vmap`` over each atom's d directions and mapped over atoms."""
+    products (one unit vector per atom and direction), mapped over atoms."""
 
     def block(i):
         def column(a):
@@ -58,6 +58,67 @@ def diagonal_blocks(hvp: Callable[[Array], Array], n: int, d: int, dtype) -> Arr
         return jax.vmap(column)(jnp.arange(d))
 
     return jax.lax.map(block, jnp.arange(n))
+
+
+def spatial_colors(
+    positions: np.ndarray, cell: np.ndarray | None, reach: float
+) -> np.ndarray:
+    """Colour atoms so that no two atoms of one colour are within ``reach`` of each other.
+
+    Greedy colouring of the graph of pairs closer than ``reach`` (periodic images
+    included, by ASE's neighbour list): at most (largest neighbour count + 1) colours.
+    Returns an ``(N,)`` int array.
+    """
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    positions = np.asarray(positions, float)
+    n, d = positions.shape
+    if d == 2:  # ASE works in 3D: pad with a non-periodic third axis
+        positions = np.hstack([positions, np.zeros((n, 1))])
+        cell = None if cell is None else np.pad(np.asarray(cell), ((0, 1), (0, 1)))
+    if cell is None:
+        atoms = Atoms(positions=positions, pbc=False)
+    else:
+        cell3 = np.asarray(cell, float)
+        pbc = [True] * d + [False] * (3 - d)
+        if d == 2:
+            cell3[2, 2] = 1.0
+        atoms = Atoms(positions=positions, cell=cell3, pbc=pbc)
+    first, second = neighbor_list("ij", atoms, reach)
+    order = np.argsort(first, kind="stable")
+    first, second = first[order], second[order]
+    starts = np.searchsorted(first, np.arange(n + 1))
+    colors = np.full(n, -1, int)
+    for i in range(n):
+        taken = colors[second[starts[i]:starts[i + 1]]]
+        free = np.ones(len(taken) + 2, bool)
+        free[taken[(taken >= 0) & (taken < len(free))]] = False
+        colors[i] = int(np.argmax(free))
+    return colors
+
+
+def colored_diagonal_blocks(hvp: Callable[[Array], Array], colors: np.ndarray, d: int,
+                            dtype) -> Array:
+    r"""Per-atom blocks :math:`H_{ii}` from ``d × (number of colours)`` Hessian-vector
+    products: with :math:`v = \sum_{j \in c} e_{j,a}` over the atoms of colour ``c``,
+    :math:`(Hv)_i = H_{ii} e_a` for ``i`` in ``c``, because :math:`H_{ij} = 0` for atoms
+    farther apart than the Hessian's range, and :func:`spatial_colors` gives atoms within
+    that range different colours."""
+    colors = np.asarray(colors)
+    n = colors.shape[0]
+    masks = np.stack([(colors == c) for c in np.unique(colors)]).astype(float)  # (C, N)
+
+    def probe(mask):
+        def column(a):
+            v = jnp.zeros((n, d), dtype).at[:, a].set(jnp.asarray(mask, dtype))
+            return hvp(v)  # (N, d): row i holds H_ii e_a for atoms of this colour
+
+        return jax.vmap(column)(jnp.arange(d))  # (d, N, d)
+
+    columns = jax.lax.map(probe, jnp.asarray(masks))  # (C, d, N, d)
+    picked = jnp.einsum("cn,cani->nia", jnp.asarray(masks, dtype), columns)  # (N, d, d)
+    return picked
 
 
 def rattler_modes(blocks: np.ndarray, threshold: float = RATTLER_THRESHOLD):

@@ -276,6 +276,9 @@ class Potential:
     name: ClassVar[str] = "potential"
     uses_neighborhood: ClassVar[bool] = True
     neighbor_list_threshold: ClassVar[int] = 200
+    hessian_range_factor: ClassVar[float] = 2.0
+    """The Hessian couples atoms up to this many cutoffs apart: 1 for pair potentials, 2
+    for three-body and embedded-atom ones (neighbours of a common neighbour)."""
     """``neighbor_list="auto"`` uses a list above this many internal atoms. Three-body
     potentials without a list cost O(N³) per evaluation, so they set it lower."""
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +54,8 @@ class PairPotential(Potential):
     Subclasses implement ``pair_energy(r, **p)`` (elementwise in ``r``, parameters already
     broadcast per pair) and ``cutoff``.
     """
+
+    hessian_range_factor: ClassVar[float] = 1.0
 
     def pair_energy(self, r: Array, **p: Array) -> Array:
         raise NotImplementedError
