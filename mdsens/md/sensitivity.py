@@ -151,8 +151,11 @@ def sensitivity(
       solver: linear solver name (``"cg"``, ``"minres"``, ...; see ``implicit.linsolve``).
       tol, maxiter: relative residual tolerance and iteration cap of each solve.
       preconditioner: None, ``"jacobi"`` or ``"block_jacobi"`` (per-atom d × d blocks).
-      rattlers: detect rattler zero modes from the Hessian's diagonal blocks (``"auto"``:
-        when N ≤ ``zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN``).
+      rattlers: detect rattler zero modes from the Hessian's per-atom diagonal blocks
+        (coloured probing: d products per colour). ``"auto"``: when N ≤
+        ``zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN`` (500); pass True for large jammed
+        packings. A missed rattler excited by a right-hand side makes its solve fail
+        (reported), never a silently wrong number.
       curvature_check: estimate the smallest Hessian eigenvalue on the complement of the zero
         modes (Lanczos, ``lanczos_steps`` products) and flag a saddle.
       on_failure: ``"raise"`` (:class:`SensitivityError`), ``"warn"``, ``"nan"``
@@ -359,7 +362,9 @@ def _diagonal_blocks(model, hvp, R, cell, rattlers, preconditioner):
     one-atom-at-a-time scan (N·d products).
     """
     n, d = R.shape
-    if rattlers is False and preconditioner is None:
+    if preconditioner is None and (
+        rattlers is False or (rattlers == "auto" and n > zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN)
+    ):
         return None
     colors = None
     if model.cutoff is not None:
@@ -368,10 +373,8 @@ def _diagonal_blocks(model, hvp, R, cell, rattlers, preconditioner):
                                            np.asarray(cell), reach)
     if colors is not None and colors.max() + 1 < n:
         fn = lambda: zero_modes.colored_diagonal_blocks(hvp, colors, d, R.dtype)  # noqa: E731
-    elif n <= zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN or rattlers is True or preconditioner:
-        fn = lambda: zero_modes.diagonal_blocks(hvp, n, d, R.dtype)  # noqa: E731
     else:
-        return None
+        fn = lambda: zero_modes.diagonal_blocks(hvp, n, d, R.dtype)  # noqa: E731
     return np.asarray(jax.jit(fn)())
 
 

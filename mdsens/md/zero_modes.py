@@ -26,8 +26,8 @@ RATTLER_THRESHOLD = 1e-10
 fraction of the largest diagonal-block eigenvalue."""
 
 MAX_ATOMS_FOR_RATTLER_SCAN = 500
-"""Above this size the diagonal blocks come from coloured probing only (d products per
-colour); the one-atom-at-a-time scan (N·d products) is used below it."""
+"""``rattlers="auto"`` scans for rattlers up to this many atoms (larger systems: pass
+``rattlers=True``)."""
 
 
 def rigid_modes(positions: Array, periodic: bool) -> Array:
