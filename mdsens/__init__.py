@@ -25,6 +25,8 @@ _LAZY = {
     "implicit": ("mdsens.implicit", None),
     "md": ("mdsens.md", None),
     "io": ("mdsens.io", None),
+    "studies": ("mdsens.studies", None),
+    "bilevel": ("mdsens.bilevel", None),
     "potentials": ("mdsens.md.potentials", None),
     "System": ("mdsens.md.system", "System"),
     "relax": ("mdsens.md.minimize", "relax"),

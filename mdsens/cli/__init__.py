@@ -14,6 +14,7 @@ from .inspect import inspect_cmd
 from .plot import plot_cmd
 from .potentials import potentials_cmd
 from .relax import relax_cmd
+from .scan import scan_cmd
 from .sensitivity import sensitivity_cmd
 
 __all__ = ["ExitCode", "main"]
@@ -45,3 +46,4 @@ main.add_command(sensitivity_cmd)
 main.add_command(inspect_cmd)
 main.add_command(plot_cmd)
 main.add_command(potentials_cmd)
+main.add_command(scan_cmd)

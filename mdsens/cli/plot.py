@@ -18,7 +18,9 @@ from . import _common as c
 @c.output_options
 def plot_cmd(result: Path, param, scale, output: Path, overwrite: bool, quiet: bool) -> None:
     """Plot RESULT to OUTPUT (PNG): arrows of d positions / d parameter on the relaxed
-    structure (xy projection for 3D), and a bar chart of the scalar derivatives.
+    structure (xy projection for 3D), and a bar chart of the scalar derivatives. For a
+    study file (mdsens scan): each scalar observable against the swept parameter (--wrt),
+    with the derivative at each point as a short tangent.
 
     \b
     Example:
@@ -30,6 +32,12 @@ def plot_cmd(result: Path, param, scale, output: Path, overwrite: bool, quiet: b
     from ..io.hdf5 import read_result
 
     c.check_output(output, overwrite)
+    from ..studies import is_study
+
+    if is_study(result):  # a parameter study (mdsens scan): values vs the swept parameter
+        from .scan import plot_study
+
+        return plot_study(result, param, output, quiet)
     try:
         stored = read_result(result)
     except InputError as exc:

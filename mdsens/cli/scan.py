@@ -1,0 +1,215 @@
+"""``mdsens scan``: a parameter sweep over structures, streamed into one resumable HDF5 file."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from . import _common as c
+
+
+@click.command("scan")
+@click.argument("structures", nargs=-1, required=True, type=click.Path(path_type=Path))
+@c.format_option
+@c.potential_option
+@c.param_option
+@c.potential_file_option
+@c.relax_cell_option
+@c.pressure_option
+@c.fmax_option
+@c.max_steps_option
+@c.method_option
+@click.option("--sweep", "sweeps", multiple=True, required=True, metavar="NAME=SPEC",
+              help="Swept parameter; repeatable (grid = cartesian product). SPEC is "
+                   "START:STOP:COUNT (evenly spaced, ends included) or V1,V2,...; NAME may "
+                   "be 'sigma[Ar,Kr]'.")
+@click.option("--wrt", multiple=True, required=True, metavar="NAME",
+              help="Parameter to differentiate with respect to; repeatable.")
+@click.option("--observable", "observables", multiple=True, required=True, metavar="NAME",
+              help="Observable to differentiate; repeatable (energy, volume, ...).")
+@click.option("--mode", type=click.Choice(["auto", "forward", "reverse"]), default="auto",
+              show_default=True, help="Forward (JVP) or reverse (VJP) differentiation.")
+@c.output_option
+@click.option("--resume", is_flag=True,
+              help="Continue OUTPUT (same study definition): compute only unfinished points.")
+@c.overwrite_option
+@c.quiet_option
+def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pressure, fmax,
+             max_steps, method, sweeps, wrt, observables, mode, output: Path, resume: bool,
+             overwrite: bool, quiet: bool) -> None:
+    """Relax and differentiate STRUCTURE... at every point of a parameter grid; write one
+    study file OUTPUT (HDF5, leading point axis, resumable after a crash).
+
+    Exit code 1 when some point failed (OUTPUT is complete; failed points are marked
+    converged = false with their problems). See docs/studies.md.
+
+    \b
+    Examples:
+      mdsens scan data/ar_fcc_32.extxyz -p lj --param epsilon=0.0104 \\
+          --sweep sigma=3.3:3.5:5 --wrt sigma --observable volume --relax-cell -o study.h5
+      mdsens scan data/ar_fcc_32.extxyz -p lj --param epsilon=0.0104 \\
+          --sweep sigma=3.3:3.5:5 --wrt sigma --observable volume --relax-cell \\
+          -o study.h5 --resume
+    """
+    from ..studies._spec import parse_sweep
+
+    sweep: dict[str, list[float]] = {}
+    for text in sweeps:
+        try:
+            name, values = parse_sweep(text)
+        except ValueError as exc:
+            raise c.BadInput(str(exc)) from None
+        if name in sweep:
+            raise c.BadInput(f"--sweep {name!r} given twice")
+        sweep[name] = values
+    if resume and overwrite:
+        raise c.BadInput("--resume and --overwrite exclude each other")
+    options = c.relax_options(fmax, max_steps, pressure, relax_cell)
+    if method != "fire":
+        options["method"] = method
+    if resume:
+        if not output.is_file():
+            raise c.BadInput(f"{output}: no study file to resume")
+    else:
+        c.check_output(output, overwrite)
+    from .sensitivity import _check_names, _check_observables
+
+    _check_observables(observables)
+    atoms = [c.load_structure(s, fmt) for s in structures]
+    c.enable_x64()
+    pot = c.make_potential(potential, c.parse_params(params), potential_file)
+    systems = [c.make_system(a, pot, s) for a, s in zip(atoms, structures)]
+    for system in systems:
+        _check_names(system, pot, wrt, observables, relax_cell)
+    from ..studies import scan, validate_sweep
+
+    try:
+        validate_sweep(sweep, pot)
+    except ValueError as exc:
+        raise c.BadInput(str(exc)) from None
+    n_points = len(systems) * _grid_size(sweep)
+    with _points_progress(not quiet, n_points) as progress:
+        try:
+            result = scan(systems, pot, sweep, list(wrt), list(observables), output,
+                          relax_cell=relax_cell, pressure=options.pop("pressure", 0.0),
+                          relax_options=options or None,
+                          sensitivity_options={"mode": mode} if mode != "auto" else None,
+                          resume=resume, overwrite=overwrite,
+                          labels=[str(s) for s in structures], progress=progress,
+                          command_line=c.command_line())
+        except ValueError as exc:
+            raise c.BadInput(str(exc)) from None
+    failed = int((~result.converged).sum())
+    problems = [f"point {p}: {result.problems[p] or 'not converged'}"
+                for p in range(len(result.converged)) if not result.converged[p]]
+    if not quiet and not failed:
+        click.echo(f"{n_points} points")
+    c.finish(failed == 0, problems, output, quiet)
+
+
+def _grid_size(sweep: dict) -> int:
+    n = 1
+    for v in sweep.values():
+        n *= len(v)
+    return n
+
+
+@contextlib.contextmanager
+def _points_progress(enabled: bool, total: int) -> Iterator:
+    """``progress(n_done, total, point, converged)`` drawing a rich bar with ETA on a
+    terminal (stderr), or None."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(TextColumn("points"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[failed]}"), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task("scan", total=total, failed="")
+    failed = 0
+
+    def progress(n_done: int, n_total: int, point: int, converged: bool) -> None:
+        nonlocal failed
+        failed += not converged
+        bar.update(task, completed=n_done, failed=f"{failed} failed" if failed else "")
+
+    with bar:
+        yield progress
+
+
+def plot_study(path: Path, param: str | None, output: Path, quiet: bool) -> None:
+    """``mdsens plot STUDY.h5``: each scalar observable against a swept parameter (``param``,
+    default the first), one series per structure and combination of the other swept
+    values, with the derivative at each done point drawn as a short tangent segment."""
+    import numpy as np
+
+    from ..studies import read
+
+    study = read(path)
+    names = list(study.parameters)
+    x_name = param or names[0]
+    if x_name not in study.parameters:
+        raise c.BadInput(f"--wrt {x_name!r} is not swept in {path}; swept: {names}")
+    scalars = [k for k, v in study.values.items() if v.ndim == 1]
+    if not scalars:
+        raise c.BadInput(f"{path}: no scalar observable to plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = study.parameters[x_name]
+    others = [n for n in names if n != x_name]
+    keys = [(int(study.structure_index[p]), *(float(study.parameters[n][p]) for n in others))
+            for p in range(x.size)]
+    series = sorted(set(keys))
+    xs = np.unique(x)
+    half = 0.3 * (np.diff(xs).min() if xs.size > 1 else 1.0)
+    fig, axes = plt.subplots(1, len(scalars), figsize=(5 * len(scalars), 4), squeeze=False)
+    for ax, name in zip(axes[0], scalars):
+        deriv = study.derivatives.get(name, {}).get(x_name)
+        for j, key in enumerate(series):
+            sel = np.array([k == key for k in keys]) & study.done
+            label = study.structures[key[0]] if len(study.structures) > 1 else ""
+            label += "".join(f" {n}={v:g}" for n, v in zip(others, key[1:]))
+            ax.plot(x[sel], study.values[name][sel], "o", color=f"C{j}",
+                    label=label.strip() or None)
+            bad = sel & ~study.converged
+            ax.plot(x[bad], study.values[name][bad], "x", color="k", ms=9)
+            if deriv is not None and deriv.ndim == 1:
+                for s, y, d in zip(x[sel], study.values[name][sel], deriv[sel]):
+                    ax.plot([s - half, s + half], [y - d * half, y + d * half],
+                            color=f"C{j}", lw=1.5, alpha=0.7)
+        ax.set(xlabel=x_name, ylabel=f"{name} ({study.units[name]})")
+        if len(series) > 1:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"{path.name}: {int(study.done.sum())}/{study.done.size} points done, "
+                 f"{int((study.done & ~study.converged).sum())} failed (x)")
+    fig.tight_layout()
+    tmp = output.with_name(f".{output.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        tmp.replace(output)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    if not quiet:
+        click.echo(f"wrote {output}")

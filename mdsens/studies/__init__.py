@@ -1,0 +1,20 @@
+"""Parameter studies: sweeps over potential parameters × structures, each point a relaxation
+plus exact sensitivities, streamed into one resumable HDF5 file (see ``docs/studies.md``).
+
+- :func:`scan`: run (or resume) a study -> :class:`StudyResult`.
+- :func:`read`: read a study file back; :func:`is_study`: is a file a study file.
+- :func:`parse_sweep`: ``"sigma=3.3:3.5:5"`` -> ``("sigma", [3.3, ..., 3.5])``.
+- :func:`grid`: the cartesian product of a sweep.
+"""
+
+from __future__ import annotations
+
+from ._file import StudyResult as StudyResult
+from ._file import is_study as is_study
+from ._file import read as read
+from ._scan import scan as scan
+from ._spec import grid as grid
+from ._spec import parse_sweep as parse_sweep
+from ._spec import validate_sweep as validate_sweep
+
+__all__ = ["StudyResult", "grid", "is_study", "parse_sweep", "read", "scan", "validate_sweep"]

@@ -1,0 +1,305 @@
+"""``scan``: a parameter sweep over one or more structures, streamed into one HDF5 file."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _file, _spec
+
+__all__ = ["scan"]
+
+DEFAULT_RELAX_OPTIONS = {"fmax": 1e-8, "max_steps": 100000}
+_NOT_IN_DEFINITION = ("callback", "chunk")
+
+Progress = Callable[[int, int, int, bool], None]
+
+
+def scan(
+    structures: Any,
+    potential: Any,
+    sweep: Mapping[str, Sequence[float]],
+    wrt: Sequence[str] | str,
+    observables: Sequence[str] | str,
+    output: str | os.PathLike,
+    *,
+    relax_cell: bool = False,
+    pressure: float = 0.0,
+    relax_options: dict | None = None,
+    sensitivity_options: dict | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    labels: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    command_line: str = "",
+) -> _file.StudyResult:
+    r"""Relax and differentiate every point of a parameter grid × structures; stream to HDF5.
+
+    The grid is the cartesian product of ``sweep`` (last name fastest; ``G`` points). Point
+    ``p = k G + g`` is structure ``k`` at grid point ``g``: ``relax`` (warm-started from the
+    relaxed structure of point ``p - 1`` of the same structure when that point is done and
+    finite, else from the input structure) and then :func:`mdsens.md.sensitivity` at that
+    relaxation (``on_failure="ignore"``). Each point is checked by its own derivatives: along
+    a swept parameter :math:`\theta`, :math:`(v_{g+1} - v_{g-1}) / (\theta_{g+1} -
+    \theta_{g-1}) = dv/d\theta + O(h^2)`.
+
+    A failed point (relaxation or solve not converged, saddle, non-finite state) is recorded
+    as done with ``converged = False``, its ``problems`` and diagnostics; values of a
+    non-finite state stay NaN.
+
+    Args:
+      structures: one or a sequence of :class:`~mdsens.md.System`, ``ase.Atoms`` or paths
+        (read with :func:`mdsens.io.structures.read`). Observables must have the same shape
+        for every structure.
+      potential: the :class:`~mdsens.md.Potential`; swept parameters override its values.
+      sweep: ``{name: values}``; names are potential parameters (``"sigma"``) or one pair
+        of a per-pair parameter (``"sigma[Ar,Kr]"``). See :func:`parse_sweep` for the
+        command-line form.
+      wrt, observables: as for :func:`~mdsens.md.sensitivity` (observable names only).
+      output: the study file (``.h5``).
+      relax_cell, pressure: relax the cell too, at external pressure (eV/Å^d).
+      relax_options: keyword arguments of :func:`~mdsens.md.relax` (default fmax 1e-8,
+        max_steps 100000).
+      sensitivity_options: further keyword arguments of :func:`~mdsens.md.sensitivity`
+        (mode, solver, tol, curvature_check, ...).
+      resume: continue an existing ``output``: its study definition must match this call
+        exactly (else ValueError); only points not marked done are computed.
+      overwrite: replace an existing ``output`` (without ``resume``).
+      labels: names of the structures (default: file names, else ``structure<k>``).
+      progress: called as ``progress(n_done, n_points, point, converged)`` after each point.
+      command_line: stored in the provenance.
+
+    Returns:
+      :class:`StudyResult` read back from ``output``.
+
+    Raises:
+      ValueError: bad sweep, wrt or observables; mismatched study on resume.
+      FileExistsError: ``output`` exists and neither ``resume`` nor ``overwrite``.
+      FileNotFoundError: ``resume`` without an existing ``output``.
+    """
+    import h5py
+
+    from ..io.hdf5 import provenance
+    from ..md import observables as obs_mod
+    from ..md._problem import initial_theta, parse_wrt
+
+    output = Path(output)
+    systems, labels = _load_structures(structures, labels)
+    sweep = _spec.validate_sweep(sweep, potential)
+    wrt = [wrt] if isinstance(wrt, str) else list(wrt)
+    observables = [observables] if isinstance(observables, str) else list(observables)
+    if not all(isinstance(o, str) for o in observables):
+        raise ValueError("scan: observables must be names (callables cannot be stored)")
+    relax_opts = {**DEFAULT_RELAX_OPTIONS, **(relax_options or {})}
+    relax_opts.pop("pressure", None)
+    sens_opts = dict(sensitivity_options or {})
+    for bad in ("relaxation", "relax_options", "on_failure", "relax_cell", "pressure"):
+        if bad in sens_opts:
+            raise ValueError(f"scan: sensitivity_options may not set {bad!r}")
+    grid = _spec.grid(sweep)
+    n_grid = next(iter(grid.values())).size
+    points = [{n: float(v[g]) for n, v in grid.items()} for g in range(n_grid)]
+    pots = [_spec.potential_at(potential, pt) for pt in points]
+
+    # shapes (and validation of wrt / observables) from the input structures
+    obs_shapes: dict[str, tuple] | None = None
+    for system in systems:
+        resolved = obs_mod.resolve(observables, system.is_periodic, system.dim)
+        specs = parse_wrt(wrt, potential, system.dim, system.is_periodic, relax_cell)
+        shapes = _observable_shapes(system, potential, resolved)
+        if obs_shapes is not None and shapes != obs_shapes:
+            raise ValueError(f"scan: observables have different shapes across structures "
+                             f"({obs_shapes} vs {shapes}); run one study per structure")
+        obs_shapes = shapes
+    units = {k: o.unit for k, o in resolved.items()}
+    theta0 = initial_theta(specs, potential, systems[0].dim, pressure)
+    param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
+
+    definition = {
+        "version": 1,
+        "sweep": [[n, v] for n, v in sweep.items()],
+        "structures": [{"label": lab, "digest": _spec.structure_digest(s),
+                        "n_atoms": int(s.n_atoms)} for lab, s in zip(labels, systems)],
+        "wrt": wrt,
+        "observables": observables,
+        "potential": {"name": potential.name, "class": type(potential).__name__,
+                      "params": dict(potential.params), "species": potential.species,
+                      "settings": potential.settings},
+        "relax_cell": bool(relax_cell),
+        "pressure": float(pressure),
+        "relax_options": {k: v for k, v in relax_opts.items() if k not in _NOT_IN_DEFINITION},
+        "sensitivity_options": sens_opts,
+    }
+    definition_json = _spec.canonical_json(definition)
+    n_points = n_grid * len(systems)
+
+    if resume:
+        if not output.exists():
+            raise FileNotFoundError(f"{output}: nothing to resume")
+        _check_definition(output, definition_json)
+    else:
+        if output.exists() and not overwrite:
+            raise FileExistsError(f"{output} exists; pass resume=True or overwrite=True")
+        structure_index = np.repeat(np.arange(len(systems)), n_grid)
+        parameters = {n: np.tile(v, len(systems)) for n, v in grid.items()}
+        _file.create(output, definition_json, parameters, structure_index,
+                     list(zip(labels, systems)), obs_shapes, units, param_shapes,
+                     provenance(command_line))
+
+    with h5py.File(output, "r+") as f:
+        done = f["done"][()]
+        n_done = int(done.sum())
+        for k, system in enumerate(systems):
+            model = _model_for(system, pots)
+            for g in range(n_grid):
+                p = k * n_grid + g
+                if done[p]:
+                    continue
+                start, warm = system, -1
+                if g > 0 and done[p - 1]:
+                    prev = _stored_structure(f, k, g - 1, system)
+                    if prev is not None:
+                        start, warm = prev, p - 1
+                point = _compute(start, model, pots[g], wrt, observables, relax_cell,
+                                 pressure, relax_opts, sens_opts, obs_shapes, param_shapes)
+                point["diagnostics"]["warm_start"] = warm
+                _file.write_point(f, p, n_grid, k, point)
+                done[p] = True
+                n_done += 1
+                if progress is not None:
+                    progress(n_done, n_points, p, bool(point["converged"]))
+    return _file.read(output)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _load_structures(structures, labels):
+    from ..md.system import System
+
+    if isinstance(structures, (str, os.PathLike, System)) or hasattr(structures, "get_positions"):
+        structures = [structures]
+    systems, names = [], []
+    for k, s in enumerate(structures):
+        name = f"structure{k}"
+        if isinstance(s, (str, os.PathLike)):
+            from ..io.structures import read
+
+            name = str(s)
+            s = read(s)
+        if not isinstance(s, System):
+            s = System.from_ase(s)
+        systems.append(s)
+        names.append(name)
+    if not systems:
+        raise ValueError("scan: no structures")
+    if labels is not None:
+        if len(labels) != len(systems):
+            raise ValueError(f"scan: {len(labels)} labels for {len(systems)} structures")
+        names = [str(x) for x in labels]
+    return systems, names
+
+
+def _observable_shapes(system, potential, resolved) -> dict[str, tuple]:
+    """Observable shapes, evaluated at the input structure (elastic constants: (v, v))."""
+    import jax.numpy as jnp
+
+    from ..md import observables as obs_mod
+    from ..md.model import build
+    from ..md.strain import n_voigt
+
+    model = build(system, potential)
+    R = jnp.asarray(system.positions, jnp.float64)
+    cell = jnp.asarray(system.cell, jnp.float64) if system.is_periodic else None
+    ctx = obs_mod.Context(model, model.allocate(R, cell), R, None)
+    out = {}
+    for name, o in resolved.items():
+        if name == obs_mod.ELASTIC:
+            out[name] = (n_voigt(system.dim),) * 2
+        else:
+            out[name] = tuple(np.shape(o.fn(ctx, R, cell, dict(potential.params))))
+    return out
+
+
+def _model_for(system, pots):
+    """One EnergyModel for all grid points: built with the largest cutoff of the grid."""
+    from ..md.model import build
+
+    def cutoff(p):
+        c = p.cutoff()
+        return -np.inf if c is None else float(c)
+
+    return build(system, max(pots, key=cutoff))
+
+
+def _stored_structure(f, k, g, system):
+    g_ = f["structures"][str(k)]
+    pos, cell = g_["position"][g], g_["edges"][g]
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(cell))):
+        return None
+    return system.replace(positions=np.asarray(pos), cell=np.asarray(cell))
+
+
+def _check_definition(output: Path, definition_json: str) -> None:
+    import json
+
+    if not _file.is_study(output):
+        raise ValueError(f"{output}: not an mdsens study file; cannot resume")
+    import h5py
+
+    with h5py.File(output, "r") as f:
+        stored = f["study"].attrs["definition"]
+    if stored != definition_json:
+        old, new = json.loads(stored), json.loads(definition_json)
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(f"{output}: the study definition differs from the file's "
+                         f"({', '.join(keys)}); cannot resume")
+
+
+def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_opts,
+             sens_opts, obs_shapes, param_shapes) -> dict[str, Any]:
+    """One point: relax from ``start`` and differentiate; never raises on a failed point."""
+    from ..md.minimize import relax
+    from ..md.sensitivity import SensitivityError, sensitivity
+
+    t0 = time.perf_counter()
+    relaxation = relax(start, model, params=dict(pot.params), relax_cell=relax_cell,
+                       pressure=pressure, on_failure="ignore", **relax_opts)
+    diag: dict[str, Any] = {
+        "relax_steps": int(relaxation.steps),
+        "fmax": float(relaxation.fmax),
+        "energy": float(relaxation.energy),
+    }
+    if relaxation.stress_residual is not None:
+        diag["stress_residual"] = float(relaxation.stress_residual)
+    point = {
+        "values": {}, "derivatives": {}, "converged": False, "status": relaxation.message,
+        "position": np.asarray(relaxation.system.positions, np.float64),
+        "edges": np.asarray(relaxation.system.cell, np.float64),
+    }
+    try:
+        res = sensitivity(relaxation.system, pot, wrt, observables, relax_cell=relax_cell,
+                          pressure=pressure, relaxation=relaxation, on_failure="ignore",
+                          **sens_opts)
+    except SensitivityError as exc:
+        point["problems"] = [str(exc)]
+    else:
+        point["values"] = {k: np.asarray(v) for k, v in res.values.items()}
+        point["derivatives"] = {k: {p: np.asarray(v) for p, v in d.items()}
+                                for k, d in res.derivatives.items()}
+        point["converged"] = bool(res.converged)
+        point["problems"] = list(res.problems)
+        solves = res.diagnostics.get("solves")
+        diag["root_residual"] = float(res.diagnostics["root_residual"])
+        diag["min_curvature_estimate"] = float(res.diagnostics["min_curvature_estimate"])
+        diag["n_solves"] = int(res.diagnostics["n_solves"])
+        if solves is not None and solves["iterations"].size:
+            diag["max_solve_iterations"] = int(solves["iterations"].max())
+    diag["seconds"] = time.perf_counter() - t0
+    point["diagnostics"] = diag
+    return point
