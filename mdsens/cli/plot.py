@@ -92,13 +92,4 @@ def plot_cmd(result: Path, param, scale, output: Path, overwrite: bool, quiet: b
     fig.suptitle(f"{stored.potential['name']}: {len(stored.symbols)} atoms, "
                  f"converged={s.converged}")
     fig.tight_layout()
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        tmp.replace(output)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    if not quiet:
-        click.echo(f"wrote {output}")
+    c.save_png(fig, output, quiet)

@@ -203,13 +203,4 @@ def plot_study(path: Path, param: str | None, output: Path, quiet: bool) -> None
     fig.suptitle(f"{path.name}: {int(study.done.sum())}/{study.done.size} points done, "
                  f"{int((study.done & ~study.converged).sum())} failed (x)")
     fig.tight_layout()
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        tmp.replace(output)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    if not quiet:
-        click.echo(f"wrote {output}")
+    c.save_png(fig, output, quiet)
