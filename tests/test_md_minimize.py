@@ -146,6 +146,7 @@ def test_variable_cell_forces_are_the_enthalpy_gradient(fcc_min, cubic32, rng):
     ctx = _relax_loop.Context(
         params=model.params, cell0=system.cell, cell_factor=jnp.asarray(np.sqrt(n) * 0.9),
         pressure=jnp.asarray(0.3), fmax=jnp.asarray(1.0), stress_tol=jnp.asarray(1.0),
+        time_unit=jnp.asarray(1.0), length_unit=jnp.asarray(1.0),
     )
     spec = _relax_loop.LoopSpec(model, None, True)
     q = (system.positions, jnp.asarray(0.05 * rng.standard_normal((3, 3))))
@@ -275,6 +276,20 @@ def test_chunks_compile_once_and_report_progress(fcc_min, cubic32, rng):
     assert len(seen) >= 3 and steps == sorted(steps) and steps[-1] == result.steps
     assert all(s % 40 == 0 for s in steps[:-1])
     assert seen[-1][2] <= FMAX and seen[-1][1] == pytest.approx(float(result.energy))
+
+
+def test_new_parameters_do_not_recompile(fcc_min, cubic32, rng):
+    """σ and ε set the minimiser's time and length units; they are traced, so a parameter
+    sweep on one model reuses the compiled loop."""
+    system = fcc_system(2, fcc_min[0], rng, noise=0.05)
+    model, nbrs = cubic32
+    relax(system, model, fmax=FMAX, nbrs=nbrs)
+    before = dict(_relax_loop.TRACE_COUNT)
+    params = {**model.params, "sigma": model.params["sigma"] * 0.99,
+              "epsilon": model.params["epsilon"] * 0.9}
+    result = relax(system, model, fmax=FMAX, nbrs=nbrs, params=params)
+    assert result.converged
+    assert _relax_loop.TRACE_COUNT == before
 
 
 def test_result_is_a_pytree(fcc_min, cubic32):

@@ -58,6 +58,8 @@ class Context(NamedTuple):
     pressure: jax.Array
     fmax: jax.Array
     stress_tol: jax.Array
+    time_unit: jax.Array  # τ = ℓ √(m/ε): scales the minimiser's time steps
+    length_unit: jax.Array  # ℓ: scales the step cap
 
 
 class Aux(NamedTuple):

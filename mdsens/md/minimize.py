@@ -99,37 +99,42 @@ _MAX_STALLED_REPAIRS = 3
 
 @dataclasses.dataclass(frozen=True)
 class _MinimizerConfig:
-    """Hashable minimiser settings (absolute units); part of the compile-cache key."""
+    """Hashable minimiser settings in units of τ and ℓ; part of the compile-cache key.
+
+    The units themselves are traced (``Context.time_unit``, ``length_unit``), so a new σ or
+    ε does not recompile the loop.
+    """
 
     method: str
     dt: float
     dt_max: float
     max_step: float
 
-    def make(self) -> Minimizer:
+    def make(self, ctx: _loop.Context) -> Minimizer:
+        tau, ell = ctx.time_unit, ctx.length_unit
         if self.method == "fire":
-            return fire(self.dt, self.dt_max, max_step=self.max_step)
-        return gd(self.dt**2, max_step=self.max_step)
+            return fire(self.dt * tau, self.dt_max * tau, max_step=self.max_step * ell)
+        return gd((self.dt * tau) ** 2, max_step=self.max_step * ell)
 
 
-def _make_spec(model: EnergyModel, config: _MinimizerConfig, relax_cell: bool):
-    return _loop.LoopSpec(model, config.make(), relax_cell)
+def _make_spec(model: EnergyModel, config: _MinimizerConfig, relax_cell: bool, ctx):
+    return _loop.LoopSpec(model, config.make(ctx), relax_cell)
 
 
 # Compiled entry points, cached on (model identity, settings, shapes). The spec's minimiser
 # closures are rebuilt from `config` inside the traced function, so hashing the spec by
 # (model, config, relax_cell) is exact.
 def _init_impl(key, ctx, q, nbrs):
-    return _loop.init_state(_make_spec(*key), ctx, q, nbrs)
+    return _loop.init_state(_make_spec(*key, ctx), ctx, q, nbrs)
 
 
 def _chunk_impl(key, ctx, carry):
-    return _loop.run_chunk(_make_spec(*key), ctx, carry)
+    return _loop.run_chunk(_make_spec(*key, ctx), ctx, carry)
 
 
 def _refresh_impl(key, ctx, state, nbrs):
     """Re-evaluate the state's point with a new neighbour list (optimiser memory kept)."""
-    spec = _make_spec(*key)
+    spec = _make_spec(*key, ctx)
     e, f, aux = _loop.make_force_fn(spec, ctx, nbrs)(state.position)
     state = state._replace(energy=e, force=f, aux=aux)
     return state, _loop.trial_flags(spec, ctx, state.position, (e, f, aux))
@@ -250,7 +255,7 @@ def relax(
     dtype = R0.dtype
     ell, eps = _natural_scales(params)
     tau = ell / math.sqrt(eps)
-    config = _MinimizerConfig(method, dt * tau, dt_max * tau, max_step * ell)
+    config = _MinimizerConfig(method, float(dt), float(dt_max), float(max_step))
     vol = abs(float(np.linalg.det(np.asarray(cell0, np.float64)))) if system.is_periodic else 1.0
     v_atom = vol / max(n, 1)
     if stress_tol is None:
@@ -262,6 +267,8 @@ def relax(
         pressure=jnp.asarray(pressure, dtype),
         fmax=jnp.asarray(fmax, dtype),
         stress_tol=jnp.asarray(stress_tol, dtype),
+        time_unit=jnp.asarray(tau, dtype),
+        length_unit=jnp.asarray(ell, dtype),
     )
     q0 = (R0, jnp.zeros((d, d), dtype)) if relax_cell else R0
     if nbrs is None:
