@@ -109,7 +109,7 @@ def test_sigkill_then_resume_equals_uninterrupted(reference, tmp_path):
 
 def test_resume_refuses_another_study(reference, tmp_path):
     with pytest.raises(ValueError, match="sweep"):
-        scan(STRUCTURE, _pot(), {"sigma": SIGMAS[:3]}, ["sigma", "epsilon"], OBS,
+        scan(STRUCTURE, _pot(), {"sigma": SIGMAS[:2]}, ["sigma", "epsilon"], OBS,
              reference.path, relax_cell=True, resume=True)
     with pytest.raises(ValueError, match="wrt"):
         scan(STRUCTURE, _pot(), {"sigma": SIGMAS}, ["sigma"], OBS, reference.path,
