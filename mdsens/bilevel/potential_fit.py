@@ -63,6 +63,7 @@ the ratio a/σ changes (Morse α); LJ's exact scaling (a ∝ σ) never crosses a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,11 +74,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..implicit import custom_root
+from ..md import observables as obs_mod
 from ..md import zero_modes
 from ..md._problem import ParamSpec, RootProblem, make_solver, parse_wrt
+from ..md.elastic import relaxed_stiffness
 from ..md.minimize import relax
 from ..md.model import EnergyModel, build
-from ..md.strain import n_voigt, stress_to_voigt
+from ..md.strain import n_voigt
 from ..md.system import System
 
 __all__ = ["EV_PER_A3_TO_GPA", "OBSERVABLES", "PotentialFit", "fit_potential", "fit_loss"]
@@ -222,7 +225,6 @@ class _CompiledEngine:
         specs = tuple(ParamSpec(name, "param", name) for name in self.wrt)
         dim, relax_cell, need_elastic = model.dim, self.relax_cell, self.need_elastic
         tol, maxiter = self.tol, self.maxiter
-        strain = ParamSpec("__strain__", "strain")
 
         def evaluate(theta, base_params, R_star, cell0, nbrs):
             problem = RootProblem(model, nbrs, specs, base_params, cell0, dim, relax_cell, 0.0)
@@ -236,35 +238,19 @@ class _CompiledEngine:
                                 symmetric=True, on_failure="ignore")(
                 lambda init, th, ref: ref)
 
+            context = obs_mod.Context(model, nbrs, R_star)
+            implicit = functools.partial(custom_root, solve=solve_fixed, symmetric=True,
+                                         on_failure="ignore")
+
             def raw(th):
                 x = outer(None, th, x_star)
                 R, C, params = problem.configuration(x, th)
-                E = model.energy(R, C, params, nbrs)
-                lengths = jnp.linalg.norm(C, axis=1)
-                angles = jnp.stack([
-                    jnp.degrees(jnp.arccos(jnp.dot(C[i], C[j]) / (lengths[i] * lengths[j])))
-                    for i, j in ((1, 2), (0, 2), (0, 1))])
-                out = {"lattice_parameters": jnp.concatenate([lengths, angles]),
-                       "energy_per_atom": E / R.shape[0],
-                       "volume": jnp.abs(jnp.linalg.det(C))}
+                out = {name: obs_mod.BUILTIN[name].fn(context, R, C, params)
+                       for name in ("lattice_parameters", "energy_per_atom", "volume")}
                 if need_elastic:
-                    out["elastic_constants"] = elastic(th, R, C)
+                    # C = dσ/dη through the fixed-cell relaxation of positions at cell C
+                    out["elastic_constants"] = relaxed_stiffness(problem, th, R, C, implicit)
                 return out
-
-            def elastic(th, R0, C0):
-                # C = dσ/dη through the fixed-cell relaxation of positions at cell C0(I+η)
-                fixed = RootProblem(model, nbrs, (*specs, strain), base_params, C0, dim,
-                                    False, 0.0)
-                inner = custom_root(lambda x, t, ref: fixed.F(x, t), solve=solve_fixed,
-                                    symmetric=True, on_failure="ignore")(
-                    lambda init, t, ref: ref)
-
-                def stress_of(eta):
-                    t = {**th, "__strain__": eta}
-                    Rc, Cc, params = fixed.configuration(inner(None, t, R0), t)
-                    return stress_to_voigt(model.stress(Rc, Cc, params, nbrs))
-
-                return jax.jacfwd(stress_of)(jnp.zeros((n_voigt(dim),), R0.dtype))
 
             return raw(theta), jax.jacfwd(raw)(theta)
 

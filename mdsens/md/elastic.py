@@ -20,6 +20,34 @@ from ._problem import ParamSpec, RootProblem
 from .strain import deformation, n_voigt, stress_to_voigt, voigt_labels
 
 
+def relaxed_stiffness(problem: RootProblem, theta, R0, C0, implicit):
+    r"""``C = dσ_Voigt/dη`` (d(d+1)/2 × d(d+1)/2) at the cell ``C0`` with relaxed positions
+    ``R0``, as a JAX function of the parameters ``theta`` (differentiable again).
+
+    The fixed-cell root problem of ``problem`` in an applied strain ``η`` of ``C0`` is
+    wrapped around its known root ``R0`` by ``implicit`` (``custom_root`` with a solver that
+    projects out the translations), and the stress is differentiated in ``η`` through it.
+    A strain already in ``theta`` (``wrt="strain"``) is added to ``η``.
+    """
+    strain = ParamSpec("__strain__", "strain")
+    fixed = dataclasses.replace(
+        problem, relax_cell=False, cell0=C0,
+        specs=(*(s for s in problem.specs if s.kind in ("param", "pair")), strain),
+    )
+    keys = [s.name for s in fixed.specs if s.kind != "strain"]
+    # The root is known (R_ref, the relaxed positions): the "solver" returns it.
+    root = implicit(lambda x, th, R_ref: fixed.F(x, th))(lambda init, th, R_ref: R_ref)
+    applied = problem.strain(theta)
+
+    def stress_of(eta):
+        th = {k: theta[k] for k in keys}
+        th["__strain__"] = eta + applied
+        Rc, Cc, params = fixed.configuration(root(None, th, R0), th)
+        return stress_to_voigt(problem.model.stress(Rc, Cc, params, problem.nbrs))
+
+    return jax.jacfwd(stress_of)(jnp.zeros((n_voigt(fixed.dim),), R0.dtype))
+
+
 def elastic_constants(problem: RootProblem, x_star, theta0, solve, solve_fixed):
     r"""Relaxed elastic constants :math:`C = d\sigma_\text{Voigt}/d\eta` at fixed cell and
     their derivatives with respect to the requested parameters.
@@ -31,12 +59,6 @@ def elastic_constants(problem: RootProblem, x_star, theta0, solve, solve_fixed):
     root, which is included the same way. Each solve's status is recorded host-side.
     """
     dim = problem.dim
-    strain = ParamSpec("__strain__", "strain")
-    fixed = dataclasses.replace(
-        problem, relax_cell=False,
-        specs=(*(s for s in problem.specs if s.kind in ("param", "pair")), strain),
-    )
-    keys = [s.name for s in fixed.specs if s.kind != "strain"]
     records: list[tuple] = []
 
     def tracked(solve_fn):
@@ -59,18 +81,7 @@ def elastic_constants(problem: RootProblem, x_star, theta0, solve, solve_fixed):
 
     def elastic(theta):
         R0, C0 = base_state(theta)
-        prob = dataclasses.replace(fixed, cell0=C0)
-        # The root is known (R_ref, the relaxed positions): the "solver" returns it.
-        root = implicit(lambda x, th, R_ref: prob.F(x, th))(lambda init, th, R_ref: R_ref)
-        applied = problem.strain(theta)
-
-        def stress_of(eta):
-            th = {k: theta[k] for k in keys}
-            th["__strain__"] = eta + applied
-            Rc, Cc, params = prob.configuration(root(None, th, R0), th)
-            return stress_to_voigt(problem.model.stress(Rc, Cc, params, problem.nbrs))
-
-        return jax.jacfwd(stress_of)(jnp.zeros((n_voigt(dim),), jnp.float64))
+        return relaxed_stiffness(problem, theta, R0, C0, implicit)
 
     value = np.asarray(jax.jit(elastic)(theta0))
     jac = jax.jit(jax.jacfwd(elastic))(theta0)
