@@ -339,3 +339,27 @@ def test_colored_probing_gives_exact_diagonal_blocks(packing):
     probed = jax.jit(lambda: zero_modes.colored_diagonal_blocks(hvp, colors, 2, R.dtype))()
     scanned = jax.jit(lambda: zero_modes.diagonal_blocks(hvp, len(R), 2, R.dtype))()
     np.testing.assert_allclose(probed, scanned, atol=1e-12 * np.abs(scanned).max())
+
+
+def test_repeated_calls_with_new_parameters_reuse_compiled_code(lj_fcc):
+    """A loop over parameter values with one model compiles the derivative stage once, and
+    the parameter values passed (not the potential's defaults) are the ones differentiated:
+    E is linear in ε at fixed positions, so dE/dε = E/ε at every ε."""
+    import importlib
+
+    sens_mod = importlib.import_module("mdsens.md.sensitivity")
+
+    system, pot = lj_fcc
+    model = build(system, pot)
+    sizes = []
+    for eps in (0.0104, 0.02):
+        params = {"sigma": jnp.asarray(3.4), "epsilon": jnp.asarray(eps)}
+        r = relax(system, model, params=params, fmax=1e-8, max_steps=20000)
+        res = sensitivity(r.system, model, ["epsilon", "sigma"], ["energy", "positions"],
+                          relaxation=r, params=params, mode="forward")
+        assert res.converged, res.problems
+        np.testing.assert_allclose(res.derivatives["energy"]["epsilon"],
+                                   res.values["energy"] / eps, rtol=1e-8)
+        sizes.append((sens_mod._forward_stage._cache_size(),
+                      sens_mod._check_stage._cache_size()))
+    assert sizes[1] == sizes[0]

@@ -90,11 +90,14 @@ def parse_wrt(wrt, potential, dim, periodic, relax_cell) -> list[ParamSpec]:
     return specs
 
 
-def initial_theta(specs, potential, dim, pressure) -> dict[str, Array]:
+def initial_theta(specs, potential, dim, pressure, params=None) -> dict[str, Array]:
+    """θ at the reference point: parameter values (``params``, default the potential's),
+    zero pair offsets, zero strain, the external pressure."""
+    params = potential.params if params is None else params
     out = {}
     for s in specs:
         if s.kind == "param":
-            out[s.name] = jnp.asarray(potential.params[s.name], jnp.float64)
+            out[s.name] = jnp.asarray(params[s.name], jnp.float64)
         elif s.kind == "pair":
             out[s.name] = jnp.zeros((), jnp.float64)
         elif s.kind == "strain":
@@ -109,7 +112,12 @@ def initial_theta(specs, potential, dim, pressure) -> dict[str, Array]:
 
 @dataclasses.dataclass(frozen=True)
 class RootProblem:
-    """The root problem F(x, θ) = ∇ₓ G(x, θ) around the relaxed state."""
+    """The root problem F(x, θ) = ∇ₓ G(x, θ) around the relaxed state.
+
+    A pytree: the data (neighbour list, parameter values, cell, pressure) are leaves and the
+    layout (model, specs, dimension, relax_cell) is static, so a jitted function of a
+    problem compiles once per layout and is reused for new parameters and states.
+    """
 
     model: Any
     nbrs: Any
@@ -118,7 +126,7 @@ class RootProblem:
     cell0: Array | None
     dim: int
     relax_cell: bool
-    pressure: float
+    pressure: Any
 
     def params(self, theta) -> dict:
         params = dict(self.base_params)
@@ -174,6 +182,30 @@ class RootProblem:
         return {"R": modes, "eps": jnp.zeros((k, n_voigt(self.dim)), modes.dtype)}
 
 
+jax.tree_util.register_dataclass(
+    RootProblem,
+    data_fields=["nbrs", "base_params", "cell0", "pressure"],
+    meta_fields=["model", "specs", "dim", "relax_cell"],
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverPlan:
+    """Static settings of the derivative solves (hashable: part of the cache key of every
+    compiled derivative stage; the null space and preconditioner data are traced)."""
+
+    solver: str = "cg"
+    tol: float = 1e-10
+    maxiter: int | None = None
+    preconditioner: str | None = None
+
+    def solver_fn(self, nullspace, precond, relax_cell: bool):
+        """The linear solver with ``nullspace`` projected out and the preconditioner of
+        :func:`preconditioner_data` ``precond`` (None: none); traceable."""
+        M = None if precond is None else preconditioner_apply(precond, relax_cell)
+        return make_solver(self.solver, self.tol, self.maxiter, nullspace, M)
+
+
 def make_solver(name, tol, maxiter, nullspace, M):
     solver = linsolve.get_solver(name)
     options = {"tol": tol, "nullspace": nullspace}
@@ -184,9 +216,10 @@ def make_solver(name, tol, maxiter, nullspace, M):
     return functools.partial(solver, **options)
 
 
-def make_preconditioner(kind, blocks, problem: RootProblem):
-    """Jacobi or per-atom block-Jacobi from the diagonal blocks (N, d, d); cell strain
-    components (relax_cell) are left unpreconditioned."""
+def preconditioner_data(kind, blocks) -> np.ndarray | None:
+    """Host side: the inverse diagonal ``(N, d)`` (Jacobi) or the pseudo-inverse of each
+    symmetrised per-atom block ``(N, d, d)`` (block-Jacobi) from the diagonal blocks
+    ``(N, d, d)``; zero where an atom has no stiffness."""
     if kind is None:
         return None
     if kind not in ("jacobi", "block_jacobi"):
@@ -195,12 +228,27 @@ def make_preconditioner(kind, blocks, problem: RootProblem):
     if kind == "jacobi":
         diag = np.einsum("nii->ni", blocks)
         scale = np.abs(diag).max()
-        inv = np.where(diag > 1e-12 * scale, 1.0 / np.where(diag > 0, diag, 1.0), 0.0)
-        apply_R = lambda v: jnp.asarray(inv) * v  # noqa: E731
+        return np.where(diag > 1e-12 * scale, 1.0 / np.where(diag > 0, diag, 1.0), 0.0)
+    return np.linalg.pinv(0.5 * (blocks + np.swapaxes(blocks, 1, 2)), hermitian=True,
+                          rtol=1e-10)
+
+
+def preconditioner_apply(data, relax_cell: bool):
+    """The preconditioner ``M`` (a function of the unknowns' pytree) from
+    :func:`preconditioner_data` (traceable); cell strain components (relax_cell) are left
+    unpreconditioned. None for None."""
+    if data is None:
+        return None
+    data = jnp.asarray(data)
+    if data.ndim == 2:
+        apply_R = lambda v: data * v  # noqa: E731
     else:
-        inv = np.linalg.pinv(0.5 * (blocks + np.swapaxes(blocks, 1, 2)), hermitian=True,
-                             rtol=1e-10)
-        apply_R = lambda v: jnp.einsum("nij,nj->ni", jnp.asarray(inv), v)  # noqa: E731
-    if not problem.relax_cell:
+        apply_R = lambda v: jnp.einsum("nij,nj->ni", data, v)  # noqa: E731
+    if not relax_cell:
         return apply_R
     return lambda x: {"R": apply_R(x["R"]), "eps": x["eps"]}
+
+
+def make_preconditioner(kind, blocks, problem: RootProblem):
+    """Jacobi or per-atom block-Jacobi from the diagonal blocks (N, d, d)."""
+    return preconditioner_apply(preconditioner_data(kind, blocks), problem.relax_cell)

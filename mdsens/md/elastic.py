@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..implicit import Status, custom_root
-from ._problem import ParamSpec, RootProblem
+from ._problem import ParamSpec, RootProblem, SolverPlan
 from .strain import deformation, n_voigt, stress_to_voigt, voigt_labels
 
 
@@ -48,7 +49,8 @@ def relaxed_stiffness(problem: RootProblem, theta, R0, C0, implicit):
     return jax.jacfwd(stress_of)(jnp.zeros((n_voigt(fixed.dim),), R0.dtype))
 
 
-def elastic_constants(problem: RootProblem, x_star, theta0, solve, solve_fixed):
+def elastic_constants(problem: RootProblem, x_star, theta0, plan: SolverPlan, nullspace,
+                      modes, precond=None):
     r"""Relaxed elastic constants :math:`C = d\sigma_\text{Voigt}/d\eta` at fixed cell and
     their derivatives with respect to the requested parameters.
 
@@ -56,42 +58,77 @@ def elastic_constants(problem: RootProblem, x_star, theta0, solve, solve_fixed):
     :func:`mdsens.implicit.custom_root` around the known root, so both ``C`` (a first
     derivative) and ``dC/dθ`` (a second derivative) come from the implicit rule. With
     ``relax_cell`` the relaxed positions and cell depend on θ through the cell-relaxation
-    root, which is included the same way. Each solve's status is recorded host-side.
+    root, which is included the same way.
+
+    Args:
+      problem, x_star, theta0: the root problem, its root and parameters.
+      plan: solver settings; ``nullspace`` — zero modes of the unknowns (for the
+        cell-relaxation root), ``modes`` — zero modes of the positions (fixed-cell solves),
+        ``precond`` — :func:`~mdsens.md._problem.preconditioner_data` or None.
+
+    Each solve's status is recorded host-side (returned in the info dict). The computation
+    is one compiled program, cached on (plan, model, parameter layout).
     """
+    token = next(_TOKENS)
+    _RECORDS[token] = []
+    try:
+        value, jac = _elastic_stage(plan, problem, x_star, theta0, nullspace, modes, precond,
+                                    jnp.int32(token))
+        value = np.asarray(value)
+        derivatives = {k: np.asarray(v) for k, v in jac.items()}
+        jax.effects_barrier()
+        records = _RECORDS[token]
+    finally:
+        _RECORDS.pop(token, None)
+    info = {
+        "status": np.array([int(np.max(r[0])) for r in records] or [0]),
+        "iterations": np.array([int(np.max(r[1])) for r in records] or [0]),
+        "residual_norm": np.array([float(np.max(r[2])) for r in records] or [0.0]),
+        "labels": voigt_labels(problem.dim),
+    }
+    info["converged"] = info["status"] == Status.SUCCESS
+    return value, derivatives, info
+
+
+# Solve records of running elastic_constants calls, keyed by a traced call token (the
+# compiled program is shared between calls, so its callback cannot close over a list).
+_RECORDS: dict[int, list] = {}
+_TOKENS = itertools.count()
+
+
+def _record(token, status, iterations, residual):
+    records = _RECORDS.get(int(np.ravel(token)[0]))
+    if records is not None:
+        records.append((status, iterations, residual))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _elastic_stage(plan, problem, x_star, theta0, nullspace, modes, precond, token):
     dim = problem.dim
-    records: list[tuple] = []
 
     def tracked(solve_fn):
         def run(matvec, b, on_failure="ignore"):
             x, info = solve_fn(matvec, b, on_failure="ignore")
-            jax.debug.callback(lambda *a: records.append(a), info.status, info.iterations,
+            jax.debug.callback(_record, token, info.status, info.iterations,
                                info.residual_norm)
             return x, info
 
         return functools.partial(custom_root, solve=run, symmetric=True, on_failure="ignore")
 
-    implicit = tracked(solve_fixed)
+    implicit = tracked(plan.solver_fn(modes, precond, False))
 
     def base_state(theta):
         if not problem.relax_cell:
             return x_star, problem.cell0
+        solve = plan.solver_fn(nullspace, precond, True)
         outer = tracked(solve)(problem.F)(lambda init, th: x_star)(None, theta)
         U = deformation(outer["eps"], dim)
         return outer["R"] @ U, problem.cell0 @ U
 
     def elastic(theta):
         R0, C0 = base_state(theta)
-        return relaxed_stiffness(problem, theta, R0, C0, implicit)
+        C = relaxed_stiffness(problem, theta, R0, C0, implicit)
+        return C, C
 
-    value = np.asarray(jax.jit(elastic)(theta0))
-    jac = jax.jit(jax.jacfwd(elastic))(theta0)
-    jax.effects_barrier()
-    derivatives = {k: np.asarray(v) for k, v in jac.items()}
-    info = {
-        "status": np.array([int(np.max(r[0])) for r in records] or [0]),
-        "iterations": np.array([int(np.max(r[1])) for r in records] or [0]),
-        "residual_norm": np.array([float(np.max(r[2])) for r in records] or [0.0]),
-        "labels": voigt_labels(dim),
-    }
-    info["converged"] = info["status"] == Status.SUCCESS
-    return value, derivatives, info
+    jac, value = jax.jacfwd(elastic, has_aux=True)(theta0)
+    return value, jac

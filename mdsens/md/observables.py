@@ -50,6 +50,29 @@ class Context:
     pairs: np.ndarray | None = None
 
 
+# A pytree (the model is static), so jitted functions of a context are reused across calls.
+jax.tree_util.register_dataclass(
+    Context, data_fields=["nbrs", "input_positions", "pairs"], meta_fields=["model"]
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _UserObservable:
+    """A user callable ``f(R, cell, params)`` as an observable function; equal (and so one
+    compiled program) for the same ``f`` object."""
+
+    f: Callable
+
+    def __eq__(self, other):
+        return isinstance(other, _UserObservable) and other.f is self.f
+
+    def __hash__(self):
+        return hash(("user-observable", id(self.f)))
+
+    def __call__(self, ctx, R, cell, params):
+        return jnp.asarray(self.f(R, cell, params))
+
+
 ObservableFn = Callable[[Context, Array, Array, Any], Array]
 
 
@@ -156,7 +179,7 @@ def resolve(
         if callable(item):
             user = item
             name = getattr(user, "__name__", "observable")
-            obs = Observable(name, lambda ctx, R, C, p, f=user: jnp.asarray(f(R, C, p)), "")
+            obs = Observable(name, _UserObservable(user), "")
         elif item == ELASTIC:
             obs = Observable(ELASTIC, _energy, f"eV/{_LENGTH_D}", periodic_only=True)
         elif item in BUILTIN:

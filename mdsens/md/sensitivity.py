@@ -43,6 +43,7 @@ stress.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -57,10 +58,16 @@ from ..implicit import SolveInfo, Status, root_jvp, root_vjp
 from ..implicit.bounds import lanczos_ritz
 from . import observables as obs_mod
 from . import zero_modes
-from ._problem import RootProblem, initial_theta, make_preconditioner, make_solver, parse_wrt
+from ._problem import (
+    RootProblem,
+    SolverPlan,
+    initial_theta,
+    parse_wrt,
+    preconditioner_data,
+)
 from .elastic import elastic_constants
 from .minimize import relax
-from .model import build
+from .model import EnergyModel, build
 from .strain import n_voigt
 from .system import System
 
@@ -130,12 +137,16 @@ def sensitivity(
     lanczos_steps: int = 40,
     neighbor_list: Literal["auto"] | bool = "auto",
     on_failure: Policy = "raise",
+    params: dict | None = None,
 ) -> Sensitivity:
     r"""Relax ``system`` and differentiate observables of the relaxed state.
 
     Args:
       system: an :class:`~mdsens.md.System` or an ``ase.Atoms``.
-      potential: a :class:`~mdsens.md.Potential` (e.g. ``potentials.get("lj", sigma=...)``).
+      potential: a :class:`~mdsens.md.Potential` (e.g. ``potentials.get("lj", sigma=...)``)
+        or a prebuilt :class:`~mdsens.md.EnergyModel` (``mdsens.md.build``): calls that
+        share a model (or pass relaxations made with one) share compiled code, so a loop
+        over parameter values compiles once.
       wrt: parameter names: potential parameters (``"sigma"``: the whole array as given;
         ``"sigma[Ar,Kr]"``: one species pair of a per-pair matrix, both symmetric entries
         moving together), ``"strain"`` (Voigt, fixed cell) or ``"pressure"`` (relax_cell).
@@ -158,6 +169,8 @@ def sensitivity(
         (reported), never a silently wrong number.
       curvature_check: estimate the smallest Hessian eigenvalue on the complement of the zero
         modes (Lanczos, ``lanczos_steps`` products) and flag a saddle.
+      params: parameter values to use instead of the potential's (same names), e.g. the
+        point of a parameter study; the model's cutoff must cover them.
       on_failure: ``"raise"`` (:class:`SensitivityError`), ``"warn"``, ``"nan"``
         (failed derivatives become NaN) or ``"ignore"``; the status is always in
         ``converged``, ``problems`` and ``diagnostics``. A relaxation that ended on
@@ -179,6 +192,15 @@ def sensitivity(
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     if not isinstance(system, System):
         system = System.from_ase(system)
+    relaxation_model = potential
+    if isinstance(potential, EnergyModel):
+        potential = potential.potential
+    params = dict(potential.params if params is None else params)
+    unknown = set(params) - set(potential.params)
+    if unknown:
+        raise ValueError(f"unknown parameters {sorted(unknown)}; known: "
+                         f"{sorted(potential.params)}")
+    params = {**potential.params, **params}
     periodic = system.is_periodic
     dim = system.dim
     observables_ = obs_mod.resolve(observables, periodic, dim)
@@ -192,7 +214,8 @@ def sensitivity(
                    "on_failure": "ignore"}
         options.update(relax_options or {})
         options.setdefault("pressure", pressure)
-        relaxation = relax(system, potential, relax_cell=relax_cell, **options)
+        options.setdefault("params", params)
+        relaxation = relax(system, relaxation_model, relax_cell=relax_cell, **options)
     timings["relax"] = time.perf_counter() - t0
     relaxed = relaxation.system
     if not (np.isfinite(float(relaxation.energy))
@@ -204,14 +227,17 @@ def sensitivity(
         problems.append(f"relaxation did not converge: {relaxation.message}")
 
     # 2. the root problem at the relaxed state -----------------------------------------
+    # The relaxation's model (and its neighbour list) are reused: the compiled derivative
+    # programs below are cached on the model, so repeated calls on the same layout (a
+    # parameter study, a fitting loop) compile once.
     t0 = time.perf_counter()
-    model = build(relaxed, potential, neighbor_list=neighbor_list)
+    model, nbrs = _model_and_list(relaxation, potential, relaxed, neighbor_list)
+    model.check_params(params)
     R_star = jnp.asarray(relaxed.positions, jnp.float64)
     cell0 = jnp.asarray(relaxed.cell, jnp.float64) if periodic else None
-    nbrs = model.allocate(R_star, cell0)
-    problem = RootProblem(model, nbrs, specs, dict(potential.params), cell0, dim, relax_cell,
-                       float(pressure))
-    theta0 = initial_theta(specs, potential, dim, pressure)
+    problem = RootProblem(model, nbrs, specs, {k: jnp.asarray(v) for k, v in params.items()},
+                          cell0, dim, relax_cell, jnp.asarray(pressure, jnp.float64))
+    theta0 = initial_theta(specs, potential, dim, pressure, params)
     if relax_cell:
         x_star = {"R": R_star, "eps": jnp.zeros((n_voigt(dim),), jnp.float64)}
     else:
@@ -219,8 +245,7 @@ def sensitivity(
 
     # 3. zero modes -------------------------------------------------------------------
     modes = zero_modes.rigid_modes(R_star, periodic)
-    hvp_R = _position_hvp(problem, x_star, theta0)
-    blocks = _diagonal_blocks(model, hvp_R, R_star, cell0, rattlers, preconditioner)
+    blocks = _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner)
     rattler_atoms = np.array([], int)
     if blocks is not None:
         if rattlers is not False:
@@ -228,21 +253,20 @@ def sensitivity(
             if len(extra):
                 modes = jnp.concatenate([modes, jnp.asarray(extra, modes.dtype)])
     nullspace = problem.embed(modes)
-    M = make_preconditioner(preconditioner, blocks, problem) if blocks is not None else None
-    solve = make_solver(solver, tol, maxiter, nullspace, M)
+    precond = None if blocks is None else preconditioner_data(preconditioner, blocks)
+    plan = SolverPlan(solver, float(tol), maxiter, preconditioner)
     timings["setup"] = time.perf_counter() - t0
 
     # 4. root residual and curvature ----------------------------------------------------
     t0 = time.perf_counter()
-    F_fn = problem.F
     flat_null = jax.vmap(lambda t: ravel_pytree(t)[0])(nullspace)
     q, _ = jnp.linalg.qr(flat_null.T)
-    project = lambda v: v - q @ (q.T @ v)  # noqa: E731
-    residual = float(jnp.linalg.norm(project(ravel_pytree(F_fn(x_star, theta0))[0])))
+    residual, ritz, count = _check_stage(lanczos_steps if curvature_check else 0,
+                                         problem, x_star, theta0, q)
+    residual = float(residual)
     lam_min = float("nan")
     if curvature_check:
-        lam_min, lam_neg, lam_max = _smallest_curvature(problem, x_star, theta0, project,
-                                                        lanczos_steps)
+        lam_min, lam_neg, lam_max = _ritz_summary(np.asarray(ritz)[: int(count)])
         if lam_neg < -1e-8 * lam_max:
             problems.append(
                 f"the relaxed state is not a minimum: the Hessian has a negative eigenvalue "
@@ -252,23 +276,28 @@ def sensitivity(
 
     # 5. values and first derivatives ----------------------------------------------------
     ctx = obs_mod.Context(model, nbrs, jnp.asarray(system.positions, jnp.float64),
-                          None if pairs is None else np.asarray(pairs, int).reshape(-1, 2))
-    plain = {k: o for k, o in observables_.items() if k != obs_mod.ELASTIC}
-
-    def observe(x, theta):
-        R, C, params = problem.configuration(x, theta)
-        return {k: o.fn(ctx, R, C, params) for k, o in plain.items()}
-
+                          None if pairs is None else jnp.asarray(np.asarray(pairs, int)
+                                                                 .reshape(-1, 2)))
+    plain = tuple(o for k, o in observables_.items() if k != obs_mod.ELASTIC)
     t0 = time.perf_counter()
-    values = {k: np.asarray(v) for k, v in observe(x_star, theta0).items()} if plain else {}
-    n_in = int(ravel_pytree(theta0)[0].size)
-    n_out = int(sum(np.size(v) for v in values.values()))
-    chosen = mode if mode != "auto" else ("forward" if n_in <= n_out else "reverse")
+    values: dict[str, np.ndarray] = {}
     derivatives: dict[str, dict[str, np.ndarray]] = {}
     solve_infos = None
+    chosen = mode
     if plain:
-        run = _forward if chosen == "forward" else _reverse
-        derivatives, solve_infos = run(F_fn, observe, x_star, theta0, solve, values)
+        shapes = jax.eval_shape(functools.partial(_observe, plain, ctx, problem),
+                                x_star, theta0)
+        n_in = int(ravel_pytree(theta0)[0].size)
+        n_out = int(sum(np.prod(v.shape, dtype=int) for v in shapes.values()))
+        chosen = mode if mode != "auto" else ("forward" if n_in <= n_out else "reverse")
+        stage = _forward_stage if chosen == "forward" else _reverse_stage
+        raw_values, raw, solve_infos = stage(plan, plain, problem, x_star, theta0, nullspace,
+                                             precond, ctx)
+        values = {k: np.asarray(v) for k, v in raw_values.items()}
+        unpack = _unpack_forward if chosen == "forward" else _unpack_reverse
+        derivatives = unpack(raw, values, theta0)
+    elif mode == "auto":
+        chosen = "forward"
     timings["derivatives"] = time.perf_counter() - t0
 
     # 6. elastic constants (a derivative of stress through the same relaxation) ----------
@@ -276,11 +305,8 @@ def sensitivity(
     units = {k: o.unit for k, o in observables_.items()}
     if obs_mod.ELASTIC in observables_:
         t0 = time.perf_counter()
-        fixed_problem = dataclasses.replace(problem, relax_cell=False)
-        M_fixed = (make_preconditioner(preconditioner, blocks, fixed_problem)
-                   if blocks is not None else None)
-        solve_fixed = make_solver(solver, tol, maxiter, modes, M_fixed)
-        C_val, C_der, elastic_info = elastic_constants(problem, x_star, theta0, solve, solve_fixed)
+        C_val, C_der, elastic_info = elastic_constants(problem, x_star, theta0, plan,
+                                                       nullspace, modes, precond)
         values[obs_mod.ELASTIC] = C_val
         derivatives[obs_mod.ELASTIC] = C_der
         timings["elastic"] = time.perf_counter() - t0
@@ -341,6 +367,35 @@ def sensitivity(
 # ----------------------------------------------------------------------------- helpers
 
 
+def _model_and_list(relaxation, potential, relaxed: System, neighbor_list):
+    """The relaxation's model and neighbour list when they fit ``potential``, else new ones.
+
+    The list is the one the relaxation ended on (its capacity is kept, so compiled code is
+    shared between warm-started relaxations of a study); it is reallocated if it overflowed.
+    """
+    model = getattr(relaxation, "model", None)
+    if model is None or not _same_potential(model.potential, potential) \
+            or model.n_atoms != relaxed.n_atoms:
+        model = build(relaxed, potential, neighbor_list=neighbor_list)
+        return model, model.allocate(relaxed.positions, relaxed.cell if relaxed.is_periodic
+                                     else None)
+    nbrs = getattr(relaxation, "nbrs", None)
+    if model.uses_neighbor_list and (nbrs is None or bool(model.overflowed(nbrs))):
+        nbrs = model.allocate(relaxed.positions, relaxed.cell if relaxed.is_periodic else None)
+    return model, nbrs
+
+
+def _same_potential(a, b) -> bool:
+    """Same potential form (class, static settings, species); parameters may differ."""
+    if a is b:
+        return True
+    try:
+        return (type(a) is type(b) and a.species == b.species
+                and bool(a.settings == b.settings))
+    except (TypeError, ValueError):  # settings holding arrays
+        return False
+
+
 def _position_hvp(problem: RootProblem, x_star, theta0):
     """Hessian-vector product restricted to positions (N, d) -> (N, d)."""
     if not problem.relax_cell:
@@ -354,14 +409,26 @@ def _position_hvp(problem: RootProblem, x_star, theta0):
     return hvp
 
 
-def _diagonal_blocks(model, hvp, R, cell, rattlers, preconditioner):
+@functools.partial(jax.jit, static_argnums=0)
+def _blocks_stage(colored: bool, problem, x_star, theta0, masks):
+    hvp = _position_hvp(problem, x_star, theta0)
+    R = x_star["R"] if problem.relax_cell else x_star
+    n, d = R.shape
+    if colored:
+        return zero_modes.probed_diagonal_blocks(hvp, masks, d, R.dtype)
+    return zero_modes.diagonal_blocks(hvp, n, d, R.dtype)
+
+
+def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner):
     """Per-atom Hessian blocks for rattler detection and preconditioning, or None.
 
     Coloured probing (d Hessian-vector products per colour; atoms closer than the
     Hessian's range get different colours) when it needs fewer products than the
     one-atom-at-a-time scan (N·d products).
     """
-    n, d = R.shape
+    model = problem.model
+    R = x_star["R"] if problem.relax_cell else x_star
+    n = R.shape[0]
     if preconditioner is None and (
         rattlers is False or (rattlers == "auto" and n > zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN)
     ):
@@ -369,38 +436,56 @@ def _diagonal_blocks(model, hvp, R, cell, rattlers, preconditioner):
     colors = None
     if model.cutoff is not None:
         reach = model.potential.hessian_range_factor * model.cutoff
+        cell = problem.cell0
         colors = zero_modes.spatial_colors(np.asarray(R), None if cell is None else
                                            np.asarray(cell), reach)
     if colors is not None and colors.max() + 1 < n:
-        fn = lambda: zero_modes.colored_diagonal_blocks(hvp, colors, d, R.dtype)  # noqa: E731
-    else:
-        fn = lambda: zero_modes.diagonal_blocks(hvp, n, d, R.dtype)  # noqa: E731
-    return np.asarray(jax.jit(fn)())
+        masks = jnp.asarray(zero_modes.color_masks(colors))
+        return np.asarray(_blocks_stage(True, problem, x_star, theta0, masks))
+    return np.asarray(_blocks_stage(False, problem, x_star, theta0, None))
 
 
-def _smallest_curvature(problem, x_star, theta0, project, steps) -> tuple[float, ...]:
-    """Extreme Ritz values of the projected Hessian P H P from ``steps`` Lanczos steps.
-
-    Returns ``(smallest, most_negative, largest |λ|)``. ``smallest`` is the smallest Ritz
-    value above the numerical zero (|λ| ≤ 1e-10 λ_max: Lanczos finds the projected-out
-    zero modes from rounding noise) — an upper bound on the smallest stiffness on the
-    complement of the zero modes; ``most_negative`` is the smallest Ritz value,
-    significant when below −1e-8 λ_max (the state is a saddle).
-    """
+@functools.partial(jax.jit, static_argnums=0)
+def _check_stage(steps: int, problem, x_star, theta0, q):
+    """‖P F‖ (the root residual off the zero modes, P = I − q qᵀ) and, for ``steps`` > 0,
+    the Ritz values of P H P from ``steps`` Lanczos steps (count valid first)."""
     flat_x, unravel = ravel_pytree(x_star)
-    _, hvp = jax.linearize(lambda x: problem.F(x, theta0), x_star)
+    project = lambda v: v - q @ (q.T @ v)  # noqa: E731
+    F0, hvp = jax.linearize(lambda x: problem.F(x, theta0), x_star)
+    residual = jnp.linalg.norm(project(ravel_pytree(F0)[0]))
+    if steps == 0:
+        return residual, jnp.zeros((0,), flat_x.dtype), jnp.int32(0)
     op = lambda v: project(ravel_pytree(hvp(unravel(project(v))))[0])  # noqa: E731
     v0 = project(jax.random.normal(jax.random.PRNGKey(0), flat_x.shape, flat_x.dtype))
-    ritz, count = jax.jit(lambda v: lanczos_ritz(op, v, steps))(v0)
-    ritz = np.asarray(ritz)[: int(count)]
-    lam_max = float(np.max(np.abs(ritz)))
+    ritz, count = lanczos_ritz(op, v0, steps)
+    return residual, ritz, count
+
+
+def _ritz_summary(ritz: np.ndarray) -> tuple[float, float, float]:
+    """``(smallest, most_negative, largest |λ|)`` of Lanczos Ritz values of P H P.
+
+    ``smallest`` is the smallest Ritz value above the numerical zero (|λ| ≤ 1e-10 λ_max:
+    Lanczos finds the projected-out zero modes from rounding noise) — an upper bound on the
+    smallest stiffness on the complement of the zero modes; ``most_negative`` is the
+    smallest Ritz value, significant when below −1e-8 λ_max (the state is a saddle).
+    """
+    lam_max = float(np.max(np.abs(ritz))) if ritz.size else 0.0
     positive = ritz[ritz > 1e-10 * lam_max]
     smallest = float(positive.min()) if positive.size else 0.0
-    return smallest, float(ritz.min()), lam_max
+    return smallest, float(ritz.min()) if ritz.size else 0.0, lam_max
 
 
-def _forward(F, observe, x_star, theta0, solve, values):
-    """One JVP solve per parameter component, batched with vmap."""
+def _observe(plain, ctx, problem, x, theta):
+    R, C, params = problem.configuration(x, theta)
+    return {o.name: o.fn(ctx, R, C, params) for o in plain}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
+    """Values and one JVP solve per parameter component (vmapped)."""
+    F = problem.F
+    solve = plan.solver_fn(nullspace, precond, problem.relax_cell)
+    observe = functools.partial(_observe, plain, ctx, problem)
     flat, unravel = ravel_pytree(theta0)
 
     def one(t):
@@ -410,42 +495,51 @@ def _forward(F, observe, x_star, theta0, solve, values):
         _, obs_dot = jax.jvp(observe, (x_star, theta0), (x_dot, theta_dot))
         return obs_dot, info
 
-    basis = jnp.eye(flat.size, dtype=flat.dtype)
-    obs_dots, infos = jax.jit(jax.vmap(one))(basis)
+    obs_dots, infos = jax.vmap(one)(jnp.eye(flat.size, dtype=flat.dtype))
+    return observe(x_star, theta0), obs_dots, infos
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _reverse_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
+    """Values and one VJP solve per observable component (vmapped)."""
+    F = problem.F
+    solve = plan.solver_fn(nullspace, precond, problem.relax_cell)
+    observe = functools.partial(_observe, plain, ctx, problem)
+    values = observe(x_star, theta0)
+    flat_values = ravel_pytree(values)[0]
+
+    def one(w):
+        _, vjp = jax.vjp(lambda x, t: ravel_pytree(observe(x, t))[0], x_star, theta0)
+        x_bar, theta_bar_direct = vjp(w)
+        (theta_bar_implicit,), info = root_vjp(F, x_star, (theta0,), x_bar, solve=solve,
+                                               on_failure="ignore")
+        return jax.tree.map(jnp.add, theta_bar_direct, theta_bar_implicit), info
+
+    theta_bars, infos = jax.vmap(one)(jnp.eye(flat_values.size, dtype=flat_values.dtype))
+    return values, theta_bars, infos
+
+
+def _unpack_forward(obs_dots, values, theta0):
+    """(n_in, *obs.shape) per observable -> derivatives[obs][param] (obs.shape + param.shape)."""
     derivatives = {}
     for name, val in values.items():
-        d = np.asarray(obs_dots[name])  # (n_in, *obs.shape)
+        d = np.asarray(obs_dots[name])
         per_param = {}
         offset = 0
         for path, p in jax.tree_util.tree_flatten_with_path(theta0)[0]:  # ravel order
             pname = path[0].key
             size = int(np.size(p))
             block = d[offset:offset + size].reshape(np.shape(p) + np.shape(val))
-            # move parameter axes after observable axes: obs.shape + param.shape
             nd_p = np.ndim(p)
             per_param[pname] = np.moveaxis(block, list(range(nd_p)),
                                            list(range(np.ndim(val), np.ndim(val) + nd_p)))
             offset += size
         derivatives[name] = per_param
-    return derivatives, infos
+    return derivatives
 
 
-def _reverse(F, observe, x_star, theta0, solve, values):
-    """One VJP solve per observable component, batched with vmap."""
-    def flat_observe(x, theta):
-        return ravel_pytree(observe(x, theta))[0]
-
-    n_out = int(sum(np.size(v) for v in values.values()))
-
-    def one(w):
-        _, vjp = jax.vjp(flat_observe, x_star, theta0)
-        x_bar, theta_bar_direct = vjp(w)
-        (theta_bar_implicit,), info = root_vjp(F, x_star, (theta0,), x_bar, solve=solve,
-                                               on_failure="ignore")
-        return jax.tree.map(jnp.add, theta_bar_direct, theta_bar_implicit), info
-
-    basis = jnp.eye(n_out, dtype=jnp.float64)
-    theta_bars, infos = jax.jit(jax.vmap(one))(basis)
+def _unpack_reverse(theta_bars, values, theta0):
+    """(n_out, *param.shape) per parameter -> derivatives[obs][param]."""
     derivatives = {}
     offset = 0
     # ravel_pytree flattens a dict in its canonical (sorted-key) order
@@ -458,7 +552,7 @@ def _reverse(F, observe, x_star, theta0, solve, values):
             for pname, p in theta0.items()
         }
         offset += size
-    return derivatives, infos
+    return derivatives
 
 
 def _solve_table(infos: SolveInfo | None):

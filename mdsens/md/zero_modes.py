@@ -98,6 +98,12 @@ def spatial_colors(
     return colors
 
 
+def color_masks(colors: np.ndarray) -> np.ndarray:
+    """``(C, N)`` float indicator of each colour's atoms from per-atom colours ``(N,)``."""
+    colors = np.asarray(colors)
+    return np.stack([(colors == c) for c in np.unique(colors)]).astype(float)
+
+
 def colored_diagonal_blocks(hvp: Callable[[Array], Array], colors: np.ndarray, d: int,
                             dtype) -> Array:
     r"""Per-atom blocks :math:`H_{ii}` from ``d × (number of colours)`` Hessian-vector
@@ -105,20 +111,24 @@ def colored_diagonal_blocks(hvp: Callable[[Array], Array], colors: np.ndarray, d
     :math:`(Hv)_i = H_{ii} e_a` for ``i`` in ``c``, because :math:`H_{ij} = 0` for atoms
     farther apart than the Hessian's range, and :func:`spatial_colors` gives atoms within
     that range different colours."""
-    colors = np.asarray(colors)
-    n = colors.shape[0]
-    masks = np.stack([(colors == c) for c in np.unique(colors)]).astype(float)  # (C, N)
+    return probed_diagonal_blocks(hvp, jnp.asarray(color_masks(colors)), d, dtype)
+
+
+def probed_diagonal_blocks(hvp: Callable[[Array], Array], masks: Array, d: int,
+                           dtype) -> Array:
+    """:func:`colored_diagonal_blocks` from the colour masks ``(C, N)`` (traceable)."""
+    n = masks.shape[1]
+    masks = jnp.asarray(masks, dtype)
 
     def probe(mask):
         def column(a):
-            v = jnp.zeros((n, d), dtype).at[:, a].set(jnp.asarray(mask, dtype))
+            v = jnp.zeros((n, d), dtype).at[:, a].set(mask)
             return hvp(v)  # (N, d): row i holds H_ii e_a for atoms of this colour
 
         return jax.vmap(column)(jnp.arange(d))  # (d, N, d)
 
-    columns = jax.lax.map(probe, jnp.asarray(masks))  # (C, d, N, d)
-    picked = jnp.einsum("cn,cani->nia", jnp.asarray(masks, dtype), columns)  # (N, d, d)
-    return picked
+    columns = jax.lax.map(probe, masks)  # (C, d, N, d)
+    return jnp.einsum("cn,cani->nia", masks, columns)  # (N, d, d)
 
 
 def rattler_modes(blocks: np.ndarray, threshold: float = RATTLER_THRESHOLD):
