@@ -207,6 +207,7 @@ def root_jvp(
     solve: Solve = "gmres",
     *,
     on_failure: Policy = "raise",
+    operator: Callable[..., Callable[[PyTree], PyTree]] | None = None,
     **solve_options,
 ) -> tuple[PyTree, SolveInfo]:
     """Forward-mode derivative of a root: ``ẋ`` solving ``∂₁F(x, θ) ẋ = −∂₂F(x, θ) θ̇``.
@@ -217,12 +218,18 @@ def root_jvp(
       args: the parameters θ as a tuple; ``tangents``: a tuple of the same structure.
       solve: linear solver name or callable; ``solve_options`` go to it (``tol``,
         ``nullspace``, ``M``, ...).
+      operator: optional ``operator(x, *args) -> matvec``, the product with ``∂₁F`` computed
+        another way (e.g. an assembled sparse Hessian, cheaper than linearising ``F``); it
+        must equal ``∂₁F``. Default: ``jax.linearize`` of ``F``.
 
     Returns:
       ``(ẋ, SolveInfo)`` with ``ẋ`` shaped like ``x``.
     """
     solve_fn = get_solver(solve)
-    _, A = jax.linearize(lambda u: F(u, *args), x)
+    if operator is not None:
+        A = operator(x, *args)
+    else:
+        _, A = jax.linearize(lambda u: F(u, *args), x)
     _, F_theta_dot = jax.jvp(lambda *a: F(x, *a), tuple(args), tuple(tangents))
     return solve_fn(A, _neg(F_theta_dot), on_failure=on_failure, **solve_options)
 
@@ -235,6 +242,7 @@ def root_vjp(
     solve: Solve = "gmres",
     *,
     on_failure: Policy = "raise",
+    operator: Callable[..., Callable[[PyTree], PyTree]] | None = None,
     **solve_options,
 ) -> tuple[tuple, SolveInfo]:
     """Reverse-mode derivative of a root: ``θ̄ = −(∂₂F)ᵀ λ`` with ``(∂₁F)ᵀ λ = x̄``.
@@ -243,14 +251,19 @@ def root_vjp(
       F: optimality condition ``F(x, *args)``.
       x: the root, any pytree; ``cotangent`` x̄ has the same structure.
       args: the parameters θ as a tuple.
+      operator: optional ``operator(x, *args) -> matvec`` with ``(∂₁F)ᵀ`` (for a symmetric
+        ``∂₁F``, e.g. a Hessian, the product with ``∂₁F`` itself); default: ``jax.vjp``
+        of ``F``.
 
     Returns:
       ``(θ̄, SolveInfo)`` with ``θ̄`` a tuple shaped like ``args``.
     """
     solve_fn = get_solver(solve)
-    _, vjp_x = jax.vjp(lambda u: F(u, *args), x)
-    lam, info = solve_fn(
-        lambda v: vjp_x(v)[0], cotangent, on_failure=on_failure, **solve_options
-    )
+    if operator is not None:
+        AT = operator(x, *args)
+    else:
+        _, vjp_x = jax.vjp(lambda u: F(u, *args), x)
+        AT = lambda v: vjp_x(v)[0]  # noqa: E731
+    lam, info = solve_fn(AT, cotangent, on_failure=on_failure, **solve_options)
     _, vjp_args = jax.vjp(lambda *a: F(x, *a), *args)
     return _neg(vjp_args(lam)), info

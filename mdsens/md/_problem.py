@@ -174,6 +174,24 @@ class RootProblem:
     def F(self, x, theta):
         return jax.grad(self.objective)(x, theta)
 
+    def hessian_operator(self):
+        """``operator(x, θ) -> (v ↦ ∂ₓF v)`` assembled from pair stiffnesses
+        (:meth:`EnergyModel.pair_hessian_matvec`) when the model allows it and the cell is
+        fixed, else None. With the applied strain ``U`` (``R = R̃ U``) the product is
+        ``(H (v U)) Uᵀ``."""
+        if self.relax_cell or not self.model.has_pair_hessian:
+            return None
+
+        def operator(x, theta):
+            R, C, params = self.configuration(x, theta)
+            hv = self.model.pair_hessian_matvec(R, C, params, self.nbrs)
+            if self.cell0 is None:
+                return hv
+            U = deformation(self.strain(theta), self.dim)
+            return lambda v: hv(v @ U) @ U.T
+
+        return operator
+
     def embed(self, modes: Array):
         """Zero modes (k, N, d) of the positions as modes of the unknowns x."""
         if not self.relax_cell:
@@ -198,6 +216,12 @@ class SolverPlan:
     tol: float = 1e-10
     maxiter: int | None = None
     preconditioner: str | None = None
+    hessian: str = "autodiff"  # or "assembled": RootProblem.hessian_operator
+
+    def operator(self, problem: RootProblem):
+        """The ``operator`` for :func:`mdsens.implicit.root_jvp` / ``root_vjp`` (None:
+        linearise F)."""
+        return problem.hessian_operator() if self.hessian == "assembled" else None
 
     def solver_fn(self, nullspace, precond, relax_cell: bool):
         """The linear solver with ``nullspace`` projected out and the preconditioner of

@@ -138,6 +138,7 @@ def sensitivity(
     neighbor_list: Literal["auto"] | bool = "auto",
     on_failure: Policy = "raise",
     params: dict | None = None,
+    hessian: Literal["auto", "assembled", "autodiff"] = "auto",
 ) -> Sensitivity:
     r"""Relax ``system`` and differentiate observables of the relaxed state.
 
@@ -169,6 +170,12 @@ def sensitivity(
         (reported), never a silently wrong number.
       curvature_check: estimate the smallest Hessian eigenvalue on the complement of the zero
         modes (Lanczos, ``lanczos_steps`` products) and flag a saddle.
+      hessian: how Hessian-vector products are formed: ``"autodiff"`` (forward-over-reverse
+        differentiation of the energy, any potential), ``"assembled"`` (pair potentials at
+        fixed cell without replication: the pair stiffnesses are computed once and each
+        product is a gather — several times cheaper per CG iteration, see
+        :meth:`~mdsens.md.EnergyModel.pair_hessian_matvec`) or ``"auto"`` (assembled where
+        it applies). Elastic constants always use autodiff.
       params: parameter values to use instead of the potential's (same names), e.g. the
         point of a parameter study; the model's cutoff must cover them.
       on_failure: ``"raise"`` (:class:`SensitivityError`), ``"warn"``, ``"nan"``
@@ -190,6 +197,8 @@ def sensitivity(
         raise ValueError(f"on_failure must be raise, warn, nan or ignore, got {on_failure!r}")
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+    if hessian not in ("auto", "assembled", "autodiff"):
+        raise ValueError(f"hessian must be 'auto', 'assembled' or 'autodiff', got {hessian!r}")
     if not isinstance(system, System):
         system = System.from_ase(system)
     relaxation_model = potential
@@ -245,7 +254,9 @@ def sensitivity(
 
     # 3. zero modes -------------------------------------------------------------------
     modes = zero_modes.rigid_modes(R_star, periodic)
-    blocks = _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner)
+    plan = SolverPlan(solver, float(tol), maxiter, preconditioner,
+                      _hessian_kind(hessian, problem))
+    blocks = _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner, plan.hessian)
     rattler_atoms = np.array([], int)
     if blocks is not None:
         if rattlers is not False:
@@ -254,7 +265,6 @@ def sensitivity(
                 modes = jnp.concatenate([modes, jnp.asarray(extra, modes.dtype)])
     nullspace = problem.embed(modes)
     precond = None if blocks is None else preconditioner_data(preconditioner, blocks)
-    plan = SolverPlan(solver, float(tol), maxiter, preconditioner)
     timings["setup"] = time.perf_counter() - t0
 
     # 4. root residual and curvature ----------------------------------------------------
@@ -262,7 +272,7 @@ def sensitivity(
     flat_null = jax.vmap(lambda t: ravel_pytree(t)[0])(nullspace)
     q, _ = jnp.linalg.qr(flat_null.T)
     residual, ritz, count = _check_stage(lanczos_steps if curvature_check else 0,
-                                         problem, x_star, theta0, q)
+                                         plan.hessian, problem, x_star, theta0, q)
     residual = float(residual)
     lam_min = float("nan")
     if curvature_check:
@@ -339,6 +349,7 @@ def sensitivity(
         "root_residual": residual,
         "root_error_estimate": residual / lam_min if lam_min > 0 else float("inf"),
         "solver": solver,
+        "hessian": plan.hessian,
         "preconditioner": preconditioner,
         "timings": timings,
     }
@@ -365,6 +376,17 @@ def sensitivity(
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _hessian_kind(hessian: str, problem: RootProblem) -> str:
+    """Resolve ``hessian="auto"`` to the assembled operator where it applies."""
+    if hessian not in ("auto", "assembled", "autodiff"):
+        raise ValueError(f"hessian must be 'auto', 'assembled' or 'autodiff', got {hessian!r}")
+    available = problem.hessian_operator() is not None
+    if hessian == "assembled" and not available:
+        raise ValueError("hessian='assembled' needs a pair potential at fixed cell on a cell "
+                         "that is not replicated (at least twice the cutoff wide)")
+    return "assembled" if hessian != "autodiff" and available else "autodiff"
 
 
 def _model_and_list(relaxation, potential, relaxed: System, neighbor_list):
@@ -396,8 +418,11 @@ def _same_potential(a, b) -> bool:
         return False
 
 
-def _position_hvp(problem: RootProblem, x_star, theta0):
+def _position_hvp(problem: RootProblem, x_star, theta0, hessian: str = "autodiff"):
     """Hessian-vector product restricted to positions (N, d) -> (N, d)."""
+    operator = problem.hessian_operator() if hessian == "assembled" else None
+    if operator is not None:
+        return operator(x_star, theta0)
     if not problem.relax_cell:
         _, hvp = jax.linearize(lambda x: problem.F(x, theta0), x_star)
         return hvp
@@ -409,9 +434,9 @@ def _position_hvp(problem: RootProblem, x_star, theta0):
     return hvp
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _blocks_stage(colored: bool, problem, x_star, theta0, masks):
-    hvp = _position_hvp(problem, x_star, theta0)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _blocks_stage(colored: bool, hessian: str, problem, x_star, theta0, masks):
+    hvp = _position_hvp(problem, x_star, theta0, hessian)
     R = x_star["R"] if problem.relax_cell else x_star
     n, d = R.shape
     if colored:
@@ -419,7 +444,7 @@ def _blocks_stage(colored: bool, problem, x_star, theta0, masks):
     return zero_modes.diagonal_blocks(hvp, n, d, R.dtype)
 
 
-def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner):
+def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner, hessian):
     """Per-atom Hessian blocks for rattler detection and preconditioning, or None.
 
     Coloured probing (d Hessian-vector products per colour; atoms closer than the
@@ -441,17 +466,21 @@ def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner):
                                            np.asarray(cell), reach)
     if colors is not None and colors.max() + 1 < n:
         masks = jnp.asarray(zero_modes.color_masks(colors))
-        return np.asarray(_blocks_stage(True, problem, x_star, theta0, masks))
-    return np.asarray(_blocks_stage(False, problem, x_star, theta0, None))
+        return np.asarray(_blocks_stage(True, hessian, problem, x_star, theta0, masks))
+    return np.asarray(_blocks_stage(False, hessian, problem, x_star, theta0, None))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _check_stage(steps: int, problem, x_star, theta0, q):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _check_stage(steps: int, hessian: str, problem, x_star, theta0, q):
     """‖P F‖ (the root residual off the zero modes, P = I − q qᵀ) and, for ``steps`` > 0,
     the Ritz values of P H P from ``steps`` Lanczos steps (count valid first)."""
     flat_x, unravel = ravel_pytree(x_star)
     project = lambda v: v - q @ (q.T @ v)  # noqa: E731
-    F0, hvp = jax.linearize(lambda x: problem.F(x, theta0), x_star)
+    operator = problem.hessian_operator() if hessian == "assembled" else None
+    if operator is None:
+        F0, hvp = jax.linearize(lambda x: problem.F(x, theta0), x_star)
+    else:
+        F0, hvp = problem.F(x_star, theta0), operator(x_star, theta0)
     residual = jnp.linalg.norm(project(ravel_pytree(F0)[0]))
     if steps == 0:
         return residual, jnp.zeros((0,), flat_x.dtype), jnp.int32(0)
@@ -485,13 +514,17 @@ def _forward_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx
     """Values and one JVP solve per parameter component (vmapped)."""
     F = problem.F
     solve = plan.solver_fn(nullspace, precond, problem.relax_cell)
+    # One assembled operator (built once, outside the vmap) or None: linearise F.
+    op = plan.operator(problem)
+    A = None if op is None else op(x_star, theta0)
+    operator = None if A is None else (lambda x, theta: A)
     observe = functools.partial(_observe, plain, ctx, problem)
     flat, unravel = ravel_pytree(theta0)
 
     def one(t):
         theta_dot = unravel(t)
         x_dot, info = root_jvp(F, x_star, (theta0,), (theta_dot,), solve=solve,
-                               on_failure="ignore")
+                               on_failure="ignore", operator=operator)
         _, obs_dot = jax.jvp(observe, (x_star, theta0), (x_dot, theta_dot))
         return obs_dot, info
 
@@ -504,6 +537,10 @@ def _reverse_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx
     """Values and one VJP solve per observable component (vmapped)."""
     F = problem.F
     solve = plan.solver_fn(nullspace, precond, problem.relax_cell)
+    # One assembled operator (built once, outside the vmap) or None: linearise F.
+    op = plan.operator(problem)
+    A = None if op is None else op(x_star, theta0)
+    operator = None if A is None else (lambda x, theta: A)
     observe = functools.partial(_observe, plain, ctx, problem)
     values = observe(x_star, theta0)
     flat_values = ravel_pytree(values)[0]
@@ -512,7 +549,7 @@ def _reverse_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx
         _, vjp = jax.vjp(lambda x, t: ravel_pytree(observe(x, t))[0], x_star, theta0)
         x_bar, theta_bar_direct = vjp(w)
         (theta_bar_implicit,), info = root_vjp(F, x_star, (theta0,), x_bar, solve=solve,
-                                               on_failure="ignore")
+                                               on_failure="ignore", operator=operator)
         return jax.tree.map(jnp.add, theta_bar_direct, theta_bar_implicit), info
 
     theta_bars, infos = jax.vmap(one)(jnp.eye(flat_values.size, dtype=flat_values.dtype))
