@@ -36,15 +36,23 @@ from . import _common as c
 @click.option("--resume", is_flag=True,
               help="Continue OUTPUT (same study definition): compute only unfinished points.")
 @c.overwrite_option
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Compute on a local Dask cluster of N processes (needs "
+                   "pip install 'mdsens[dask]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Compute on the running Dask cluster at ADDRESS (tcp://host:8786); "
+                   "excludes --workers.")
 @c.quiet_option
 def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pressure, fmax,
              max_steps, method, sweeps, wrt, observables, mode, output: Path, resume: bool,
-             overwrite: bool, quiet: bool) -> None:
+             overwrite: bool, workers: int | None, scheduler: str | None,
+             quiet: bool) -> None:
     """Relax and differentiate STRUCTURE... at every point of a parameter grid; write one
     study file OUTPUT (HDF5, leading point axis, resumable after a crash).
 
     Exit code 1 when some point failed (OUTPUT is complete; failed points are marked
-    converged = false with their problems). See docs/studies.md.
+    converged = false with their problems). With --workers or --scheduler the points are
+    computed by Dask workers and this process alone writes OUTPUT. See docs/studies.md.
 
     \b
     Examples:
@@ -53,7 +61,11 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
       mdsens scan data/ar_fcc_32.extxyz -p lj --param epsilon=0.0104 \\
           --sweep sigma=3.3:3.5:5 --wrt sigma --observable volume --relax-cell \\
           -o study.h5 --resume
+      mdsens scan data/ar_fcc_32.extxyz -p lj --param epsilon=0.0104 \\
+          --sweep sigma=3.3:3.5:21 --wrt sigma --observable volume --relax-cell \\
+          -o study.h5 --workers 4
     """
+    _check_backend(workers, scheduler)
     from ..studies._spec import parse_sweep
 
     sweep: dict[str, list[float]] = {}
@@ -99,8 +111,9 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
                           sensitivity_options={"mode": mode} if mode != "auto" else None,
                           resume=resume, overwrite=overwrite,
                           labels=[str(s) for s in structures], progress=progress,
-                          command_line=c.command_line())
-        except ValueError as exc:
+                          command_line=c.command_line(), workers=workers,
+                          scheduler=scheduler)
+        except (ValueError, ConnectionError) as exc:
             raise c.BadInput(str(exc)) from None
     failed = int((~result.converged).sum())
     problems = [f"point {p}: {result.problems[p] or 'not converged'}"
@@ -108,6 +121,22 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
     if not quiet and not failed:
         click.echo(f"{n_points} points")
     c.finish(failed == 0, problems, output, quiet)
+
+
+def _check_backend(workers: int | None, scheduler: str | None) -> None:
+    """--workers / --scheduler: valid, not both, and Dask installed (else BadInput)."""
+    if workers is not None and scheduler is not None:
+        raise c.BadInput("--workers and --scheduler exclude each other")
+    if workers is not None and workers < 1:
+        raise c.BadInput(f"--workers must be at least 1, got {workers}")
+    if scheduler is not None and not scheduler.strip():
+        raise c.BadInput("--scheduler needs an address such as tcp://host:8786")
+    if workers is not None or scheduler is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise c.BadInput("--workers/--scheduler need dask.distributed: "
+                             "pip install 'mdsens[dask]'")
 
 
 def _grid_size(sweep: dict) -> int:

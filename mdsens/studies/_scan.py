@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ def scan(
     labels: Sequence[str] | None = None,
     progress: Progress | None = None,
     command_line: str = "",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> _file.StudyResult:
     r"""Relax and differentiate every point of a parameter grid × structures; stream to HDF5.
 
@@ -73,6 +76,13 @@ def scan(
       labels: names of the structures (default: file names, else ``structure<k>``).
       progress: called as ``progress(n_done, n_points, point, converged)`` after each point.
       command_line: stored in the provenance.
+      workers: compute on a local Dask cluster of this many processes (one thread each),
+        started for the duration of the call. Needs ``pip install 'mdsens[dask]'``.
+      scheduler: compute on the running Dask cluster whose scheduler is at this address
+        (``"tcp://host:8786"``); excludes ``workers``. With either, this process stays the
+        only writer of ``output``; grid points are cut into contiguous chunks, each chunk
+        warm-started like the serial loop, so results equal the serial run's to the
+        relaxation tolerance (see ``docs/studies.md``). Default: the serial in-process loop.
 
     Returns:
       :class:`StudyResult` read back from ``output``.
@@ -81,7 +91,10 @@ def scan(
       ValueError: bad sweep, wrt or observables; mismatched study on resume.
       FileExistsError: ``output`` exists and neither ``resume`` nor ``overwrite``.
       FileNotFoundError: ``resume`` without an existing ``output``.
+      ImportError: ``workers`` or ``scheduler`` without ``dask.distributed`` installed.
+      ConnectionError: no Dask scheduler answers at ``scheduler``.
     """
+    _check_backend(workers, scheduler)
     import h5py
 
     from ..io.hdf5 import provenance
@@ -106,74 +119,90 @@ def scan(
     points = [{n: float(v[g]) for n, v in grid.items()} for g in range(n_grid)]
     pots = [_spec.potential_at(potential, pt) for pt in points]
 
-    # shapes (and validation of wrt / observables) from the input structures
-    obs_shapes: dict[str, tuple] | None = None
-    for system in systems:
-        resolved = obs_mod.resolve(observables, system.is_periodic, system.dim)
-        specs = parse_wrt(wrt, potential, system.dim, system.is_periodic, relax_cell)
-        shapes = _observable_shapes(system, potential, resolved)
-        if obs_shapes is not None and shapes != obs_shapes:
-            raise ValueError(f"scan: observables have different shapes across structures "
-                             f"({obs_shapes} vs {shapes}); run one study per structure")
-        obs_shapes = shapes
-    units = {k: o.unit for k, o in resolved.items()}
-    theta0 = initial_theta(specs, potential, systems[0].dim, pressure)
-    param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
+    backend: Any = contextlib.nullcontext()
+    if workers is not None or scheduler is not None:
+        # started first: the cluster comes up while this process evaluates the shapes
+        _check_output(output, resume, overwrite)
+        from . import _dask
 
-    definition = {
-        "version": 1,
-        "sweep": [[n, v] for n, v in sweep.items()],
-        "structures": [{"label": lab, "digest": _spec.structure_digest(s),
-                        "n_atoms": int(s.n_atoms)} for lab, s in zip(labels, systems)],
-        "wrt": wrt,
-        "observables": observables,
-        "potential": {"name": potential.name, "class": type(potential).__name__,
-                      "params": dict(potential.params), "species": potential.species,
-                      "settings": potential.settings},
-        "relax_cell": bool(relax_cell),
-        "pressure": float(pressure),
-        "relax_options": {k: v for k, v in relax_opts.items() if k not in _NOT_IN_DEFINITION},
-        "sensitivity_options": sens_opts,
-    }
-    definition_json = _spec.canonical_json(definition)
-    n_points = n_grid * len(systems)
+        backend = _dask.connect(workers, scheduler)
+    with backend as client:
+        # shapes (and validation of wrt / observables) from the input structures
+        obs_shapes: dict[str, tuple] | None = None
+        for system in systems:
+            resolved = obs_mod.resolve(observables, system.is_periodic, system.dim)
+            specs = parse_wrt(wrt, potential, system.dim, system.is_periodic, relax_cell)
+            shapes = _observable_shapes(system, potential, resolved)
+            if obs_shapes is not None and shapes != obs_shapes:
+                raise ValueError(f"scan: observables have different shapes across structures "
+                                 f"({obs_shapes} vs {shapes}); run one study per structure")
+            obs_shapes = shapes
+        units = {k: o.unit for k, o in resolved.items()}
+        theta0 = initial_theta(specs, potential, systems[0].dim, pressure)
+        param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
 
-    if resume:
-        if not output.exists():
-            raise FileNotFoundError(f"{output}: nothing to resume")
-        _check_definition(output, definition_json)
-    else:
-        if output.exists() and not overwrite:
-            raise FileExistsError(f"{output} exists; pass resume=True or overwrite=True")
-        structure_index = np.repeat(np.arange(len(systems)), n_grid)
-        parameters = {n: np.tile(v, len(systems)) for n, v in grid.items()}
-        _file.create(output, definition_json, parameters, structure_index,
-                     list(zip(labels, systems)), obs_shapes, units, param_shapes,
-                     provenance(command_line))
+        definition = {
+            "version": 1,
+            "sweep": [[n, v] for n, v in sweep.items()],
+            "structures": [{"label": lab, "digest": _spec.structure_digest(s),
+                            "n_atoms": int(s.n_atoms)} for lab, s in zip(labels, systems)],
+            "wrt": wrt,
+            "observables": observables,
+            "potential": {"name": potential.name, "class": type(potential).__name__,
+                          "params": dict(potential.params), "species": potential.species,
+                          "settings": potential.settings},
+            "relax_cell": bool(relax_cell),
+            "pressure": float(pressure),
+            "relax_options": {k: v for k, v in relax_opts.items() if k not in _NOT_IN_DEFINITION},
+            "sensitivity_options": sens_opts,
+        }
+        definition_json = _spec.canonical_json(definition)
+        n_points = n_grid * len(systems)
 
-    with h5py.File(output, "r+") as f:
-        done = f["done"][()]
-        n_done = int(done.sum())
-        for k, system in enumerate(systems):
-            model = _model_for(system, pots)
-            for g in range(n_grid):
-                p = k * n_grid + g
-                if done[p]:
-                    continue
-                start, warm = system, -1
-                if g > 0 and done[p - 1]:
-                    prev = _stored_structure(f, k, g - 1, system)
-                    if prev is not None:
-                        start, warm = prev, p - 1
-                point = _compute(start, model, pots[g], wrt, observables, relax_cell,
-                                 pressure, relax_opts, sens_opts, obs_shapes, param_shapes)
-                point["diagnostics"]["warm_start"] = warm
-                _file.write_point(f, p, n_grid, k, point)
-                done[p] = True
-                n_done += 1
-                if progress is not None:
-                    progress(n_done, n_points, p, bool(point["converged"]))
-    return _file.read(output)
+        _check_output(output, resume, overwrite)
+        if resume:
+            _check_definition(output, definition_json)
+        if client is not None:  # everything is checked before the file is made
+            job = _dask.Job.prepare(systems, potential, points, _model_point(pots),
+                                    {"wrt": wrt, "observables": observables,
+                                     "relax_cell": relax_cell, "pressure": pressure,
+                                     "relax_opts": relax_opts, "sens_opts": sens_opts,
+                                     "obs_shapes": obs_shapes, "param_shapes": param_shapes},
+                                    definition_json)
+        if not resume:
+            structure_index = np.repeat(np.arange(len(systems)), n_grid)
+            parameters = {n: np.tile(v, len(systems)) for n, v in grid.items()}
+            _file.create(output, definition_json, parameters, structure_index,
+                         list(zip(labels, systems)), obs_shapes, units, param_shapes,
+                         provenance(command_line))
+        if client is not None:  # Dask: this process stays the only writer
+            with h5py.File(output, "r+") as f:
+                _dask.run(client, f, f["done"][()], job, progress=progress)
+            return _file.read(output)
+
+        with h5py.File(output, "r+") as f:
+            done = f["done"][()]
+            n_done = int(done.sum())
+            for k, system in enumerate(systems):
+                model = _model_for(system, pots)
+                for g in range(n_grid):
+                    p = k * n_grid + g
+                    if done[p]:
+                        continue
+                    start, warm = system, -1
+                    if g > 0 and done[p - 1]:
+                        prev = _stored_structure(f, k, g - 1, system)
+                        if prev is not None:
+                            start, warm = prev, p - 1
+                    point = _compute(start, model, pots[g], wrt, observables, relax_cell,
+                                     pressure, relax_opts, sens_opts, obs_shapes, param_shapes)
+                    point["diagnostics"]["warm_start"] = warm
+                    _file.write_point(f, p, n_grid, k, point)
+                    done[p] = True
+                    n_done += 1
+                    if progress is not None:
+                        progress(n_done, n_points, p, bool(point["converged"]))
+        return _file.read(output)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -226,23 +255,58 @@ def _observable_shapes(system, potential, resolved) -> dict[str, tuple]:
     return out
 
 
-def _model_for(system, pots):
-    """One EnergyModel for all grid points: built with the largest cutoff of the grid."""
-    from ..md.model import build
+def _check_backend(workers, scheduler) -> None:
+    """Validate ``workers`` / ``scheduler`` (ValueError) and that Dask is installed."""
+    if workers is None and scheduler is None:
+        return
+    if workers is not None and scheduler is not None:
+        raise ValueError("scan: workers and scheduler exclude each other")
+    if workers is not None and (isinstance(workers, bool) or
+                                not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise ValueError(f"scan: workers must be a positive integer, got {workers!r}")
+    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+        raise ValueError(f"scan: scheduler must be an address such as 'tcp://host:8786', "
+                         f"got {scheduler!r}")
+    import importlib.util
 
+    if importlib.util.find_spec("distributed") is None:
+        raise ImportError("scan: workers/scheduler need dask.distributed: "
+                          "pip install 'mdsens[dask]'")
+
+
+def _model_point(pots) -> int:
+    """The grid point whose potential has the largest cutoff (the first such)."""
     def cutoff(p):
         c = p.cutoff()
         return -np.inf if c is None else float(c)
 
-    return build(system, max(pots, key=cutoff))
+    return max(range(len(pots)), key=lambda g: cutoff(pots[g]))
+
+
+def _model_for(system, pots):
+    """One EnergyModel for all grid points: built with the largest cutoff of the grid."""
+    from ..md.model import build
+
+    return build(system, pots[_model_point(pots)])
+
+
+def _start_from(system, pos, cell):
+    """``system`` at a relaxed ``(pos, cell)``, or None when they are not finite."""
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(cell))):
+        return None
+    return system.replace(positions=np.asarray(pos), cell=np.asarray(cell))
 
 
 def _stored_structure(f, k, g, system):
     g_ = f["structures"][str(k)]
-    pos, cell = g_["position"][g], g_["edges"][g]
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(cell))):
-        return None
-    return system.replace(positions=np.asarray(pos), cell=np.asarray(cell))
+    return _start_from(system, g_["position"][g], g_["edges"][g])
+
+
+def _check_output(output: Path, resume: bool, overwrite: bool) -> None:
+    if resume and not output.exists():
+        raise FileNotFoundError(f"{output}: nothing to resume")
+    if not resume and output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass resume=True or overwrite=True")
 
 
 def _check_definition(output: Path, definition_json: str) -> None:
