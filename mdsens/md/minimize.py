@@ -277,8 +277,12 @@ def relax(
     key = (model, config, relax_cell)
     state, flags = _init_jit(key, ctx, q0, nbrs)
     step, stalled, status = 0, 0, None
+    # Non-finite parameters are caught here, not left to the energy: some potentials
+    # (jax-md's Lennard-Jones) map non-finite pair energies to zero.
+    finite_params = all(bool(np.all(np.isfinite(np.asarray(v)))) for v in
+                        jax.tree.leaves(params))
     while True:
-        flags = int(flags)
+        flags = int(flags) | (0 if finite_params else _loop.NONFINITE)
         if flags & (_loop.OVERFLOW | _loop.SMALL_CELL):
             stalled += 1
             if stalled > _MAX_STALLED_REPAIRS:

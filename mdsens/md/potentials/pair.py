@@ -23,14 +23,26 @@ Units: ASE (lengths Å, energies eV); any consistent units work (e.g. reduced LJ
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jax_md import energy as jmd_energy
 
-from .base import Array, Neighborhood, Params, Potential, pair_param, register, resolve_pair_params
+from .base import (
+    Array,
+    Geometry,
+    Neighborhood,
+    Params,
+    Potential,
+    pair_param,
+    register,
+    resolve_pair_params,
+)
 
 __all__ = [
     "LennardJones",
@@ -64,6 +76,64 @@ class PairPotential(Potential):
         p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in params.items()}
         e = self.pair_energy(nb.r, **p)
         return 0.5 * jnp.sum(jnp.where(nb.mask, e, 0.0))
+
+    def total_energy(self, params: Params, geometry: Geometry) -> Array:
+        r"""Energy with a scatter-free position derivative.
+
+        Differentiating the gather of neighbour positions in reverse mode scatters every
+        pair's force back onto its neighbour. On a full (symmetric) neighbour list that is
+        unnecessary: :math:`\partial E/\partial R_i = -\sum_m \phi'(r_{im})\,\hat
+        d_{im}` from atom i's own row (the mirrored entry of each pair carries the other
+        half). This rule supplies that gradient through a ``custom_jvp``, so forces,
+        Hessian-vector products (forward over reverse) and higher derivatives all use it;
+        derivatives with respect to the cell and the parameters are plain forward mode.
+        """
+        return _pair_total_energy(self, geometry.pad_distance, params, geometry.positions,
+                                  geometry.cell, geometry.species, geometry.idx)
+
+
+def _plain_total_energy(pot, pad, params, R, cell, species, idx):
+    return pot.energy(params, Geometry(R, cell, species, idx, pad).neighborhood())
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _pair_total_energy(pot, pad, params, R, cell, species, idx):
+    return _plain_total_energy(pot, pad, params, R, cell, species, idx)
+
+
+def _is_zero(t) -> bool:
+    return all(isinstance(leaf, SymbolicZero) for leaf in jax.tree.leaves(
+        t, is_leaf=lambda x: isinstance(x, SymbolicZero)))
+
+
+def _instantiate(t):
+    return jax.tree.map(
+        lambda leaf: jnp.zeros(leaf.shape, leaf.dtype) if isinstance(leaf, SymbolicZero)
+        else leaf, t, is_leaf=lambda x: isinstance(x, SymbolicZero))
+
+
+def _pair_total_energy_jvp(pot, pad, primals, tangents):
+    params, R, cell, species, idx = primals
+    params_dot, R_dot, cell_dot, _, _ = tangents
+    nb = Geometry(R, cell, species, idx, pad).neighborhood()
+    p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in params.items()}
+    e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,), (jnp.ones_like(nb.r),))
+    energy = 0.5 * jnp.sum(jnp.where(nb.mask, e_pair, 0.0))
+    tangent = jnp.zeros_like(energy)
+    if not isinstance(R_dot, SymbolicZero):
+        coef = jnp.where(nb.mask, dphi / nb.r, 0.0)
+        grad_R = -jnp.sum(coef[..., None] * nb.dR, axis=1)  # ∂E/∂R_i, gather only
+        tangent = tangent + jnp.sum(grad_R * R_dot)
+    if not (_is_zero(params_dot) and (cell is None or _is_zero(cell_dot))):
+        rest = (params, cell)
+        rest_dot = (_instantiate(params_dot), None if cell is None else _instantiate(cell_dot))
+        _, t = jax.jvp(lambda pr, c: _plain_total_energy(pot, pad, pr, R, c, species, idx),
+                       rest, rest_dot)
+        tangent = tangent + t
+    return energy, tangent
+
+
+_pair_total_energy.defjvp(_pair_total_energy_jvp, symbolic_zeros=True)
 
 
 def _check_switch(r_onset: float, r_cutoff: float) -> None:
