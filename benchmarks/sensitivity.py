@@ -20,8 +20,11 @@ Quantities (each timed after a warm-up that compiles it; compile time reported a
   (relaxation time / steps), to convert CG iterations into relaxation steps;
 - mdsens core, jitted once: ``root_jvp`` (one parameter direction, d(positions)/dσ_AB),
   ``root_vjp`` (one scalar: the distance between atom 0 and its nearest neighbour, w.r.t. all
-  parameters), and all parameter directions (vmapped JVPs); CG with translations projected
-  out (``nullspace=``), tol 1e-10;
+  parameters), and all parameter directions (JVPs one after another in a ``lax.map``, as
+  ``sensitivity()`` runs them); CG with translations projected
+  out (``nullspace=``), tol 1e-10; Hessian products from the assembled pair stiffnesses
+  (``EnergyModel.pair_hessian_matvec``, as ``sensitivity()`` uses them) where the model
+  allows it; the autodiff product (forward-over-reverse) is timed alongside;
 - ``mdsens.sensitivity(..., relaxation=...)`` as a user calls it: first call (compiles its
   stages) and a second identical call (the compiled stages are cached on the model: the cost
   of every further call in a study); ``diagnostics["timings"]`` split setup / curvature /
@@ -293,35 +296,49 @@ def run_case(name, quick, rows, notes):
 
     null = zero_modes.rigid_modes(R_star, True)
     solve = functools.partial(linsolve.cg, tol=1e-10, nullspace=null)
+    # the assembled pair Hessian (what sensitivity() uses here), when the model allows it
+    operator = None
+    if model.has_pair_hessian:
+        def operator(R, theta):
+            return model.pair_hessian_matvec(R, cell, params_of(base, pot, theta), nbrs)
 
     # 2. one HVP ----------------------------------------------------------------------
     hvp_j = jax.jit(lambda R, v: jax.jvp(lambda x: F(x, theta0), (R,), (v,))[1])
     v = jax.random.normal(jax.random.PRNGKey(1), R_star.shape)
     _, c_hvp, t_hvp, _ = compile_and_time(hvp_j, (R_star, v), max(reps, 5))
-    res.update(hvp=t_hvp)
-    print(f"HVP: {1e3 * t_hvp:.2f} ms = {t_hvp / t_step:.2f} FIRE steps", flush=True)
+    res.update(hvp=t_hvp, hvp_assembled=None)
+    print(f"HVP (autodiff): {1e3 * t_hvp:.2f} ms = {t_hvp / t_step:.2f} FIRE steps", flush=True)
+    if operator is not None:
+        mv_j = jax.jit(lambda R, v: operator(R, theta0)(v))
+        _, _, t_mv, _ = compile_and_time(mv_j, (R_star, v), max(reps, 5))
+        res["hvp_assembled"] = t_mv
+        print(f"HVP (assembled, stiffnesses recomputed each call): {1e3 * t_mv:.2f} ms = "
+              f"{t_mv / t_step:.2f} FIRE steps", flush=True)
 
     # 3. mdsens core, compiled once --------------------------------------------------------
     e1 = {k: (1.0 if k == WRT1 else 0.0) for k in wrt_all}
 
     @jax.jit
     def core_jvp(R):
-        xdot, info = root_jvp(F, R, (theta0,), (e1,), solve=solve, on_failure="ignore")
+        xdot, info = root_jvp(F, R, (theta0,), (e1,), solve=solve, on_failure="ignore",
+                              operator=operator)
         return xdot, info.iterations, info.status
 
     @jax.jit
     def core_vjp(R):
         xbar = jax.grad(distance)(R)
-        (tbar,), info = root_vjp(F, R, (theta0,), xbar, solve=solve, on_failure="ignore")
+        (tbar,), info = root_vjp(F, R, (theta0,), xbar, solve=solve, on_failure="ignore",
+                                 operator=operator)
         return tbar, info.iterations, info.status
 
     @jax.jit
     def core_all(R):
         def one(k):
             t = {kk: jnp.where(k == i, 1.0, 0.0) for i, kk in enumerate(wrt_all)}
-            xdot, info = root_jvp(F, R, (theta0,), (t,), solve=solve, on_failure="ignore")
+            xdot, info = root_jvp(F, R, (theta0,), (t,), solve=solve, on_failure="ignore",
+                                  operator=operator)
             return xdot, info.iterations
-        return jax.vmap(one)(jnp.arange(len(wrt_all)))
+        return jax.lax.map(one, jnp.arange(len(wrt_all)))  # as sensitivity() does
 
     (xdot, it_jvp, st_jvp), c_jvp, t_jvp, _ = compile_and_time(core_jvp, (R_star,), reps)
     (tbar, it_vjp, st_vjp), c_vjp, t_vjp, _ = compile_and_time(core_vjp, (R_star,), reps)
@@ -498,7 +515,8 @@ def fmt(x, nd=3):
 
 def report(rows, notes):
     print("\n## Times (s; run = median after warm-up compilation, compile apart)\n")
-    print("| system | N | relax (steps) | relax compile | HVP ms (FIRE steps) | core JVP | "
+    print("| system | N | relax (steps) | relax compile | HVP ms autodiff / assembled (FIRE "
+          "steps) | core JVP | "
           "core VJP | core all (n) | CG it JVP/VJP | sensitivity() JVP / VJP / all "
           "(first calls) | "
           "FD per param (h=1e-5) | unrolled JVP | unrolled VJP (temp MiB) | jaxopt VJP |")
@@ -507,8 +525,11 @@ def report(rows, notes):
         un, fd = r["unrolled"], r["fd"][1e-5]
         jo = (r["jaxopt"] or {}).get("distance, default (normal CG)")
         print(f"| {r['case']} | {r['N']} | {r['relax']:.2f} ({r['steps']}) | "
-              f"{r['relax_compile']:.2f} | {1e3 * r['hvp']:.2f} "
-              f"({r['hvp'] / (r['relax'] / r['steps']):.2f}) | {r['core_jvp']:.3f} | "
+              f"{r['relax_compile']:.2f} | {1e3 * r['hvp']:.2f} / "
+              f"{fmt(r['hvp_assembled'] and 1e3 * r['hvp_assembled'], 2)} "
+              f"({r['hvp'] / (r['relax'] / r['steps']):.2f} / "
+              f"{fmt(r['hvp_assembled'] and r['hvp_assembled'] / (r['relax'] / r['steps']), 2)})"
+              f" | {r['core_jvp']:.3f} | "
               f"{r['core_vjp']:.3f} | {r['core_all']:.3f} ({r['n_params']}) | "
               f"{r['it_jvp']}/{r['it_vjp']} | {r['sens_jvp2']:.2f} / {r['sens_vjp']:.2f} / "
               f"{r['sens_all']:.2f} ({r['sens_jvp_first']:.1f} / {r['sens_vjp_first']:.1f} / "

@@ -451,11 +451,14 @@ def test_pair_energy_gradient_rule_matches_plain_autodiff():
 
     def checks(E):
         hvp = jax.jvp(lambda x: jax.grad(E)(x, C, P), (R,), (v,))[1]
+        # a non-symmetric direction: the energy depends on the symmetric part only
         mixed = jax.jvp(lambda s: jax.grad(E)(R, C, {**P, "sigma": s}), (P["sigma"],),
-                        (jnp.ones_like(P["sigma"]),))[1]
+                        (jnp.asarray([[0.0, 1.0], [0.0, 0.0]]),))[1]
         rev_rev = jax.grad(lambda x: jnp.sum(jax.grad(E)(x, C, P) * v))(R)
         return [E(R, C, P), jax.grad(E)(R, C, P), jax.grad(E, 1)(R, C, P),
                 jax.grad(E, 2)(R, C, P)["sigma"], hvp, mixed, rev_rev]
 
+    grad_sigma = jax.grad(custom, 2)(R, C, P)["sigma"]
+    np.testing.assert_allclose(grad_sigma, grad_sigma.T, rtol=1e-12)
     for got, ref in zip(checks(custom), checks(plain)):
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13 * float(jnp.abs(ref).max()))

@@ -53,7 +53,7 @@ import numpy as np
 from jax_md import partition, space
 
 from .potentials.base import Array, Geometry, Params, Potential, pair_param
-from .potentials.pair import PairPotential
+from .potentials.pair import PairPotential, symmetrized
 from .system import System
 
 __all__ = ["AUTO_NEIGHBOR_THRESHOLD", "EnergyModel", "Neighbors", "build"]
@@ -262,7 +262,8 @@ class EnergyModel:
             idx = jnp.asarray(self._all_pairs)
         geom = Geometry(R, cell, jnp.asarray(self._species_s()), idx, self._pad_distance)
         nb = geom.neighborhood()
-        p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in params.items()}
+        p = {k: pair_param(v, nb.species, nb.neighbor_species)
+             for k, v in symmetrized(params).items()}
 
         def phi(r):
             return self.potential.pair_energy(r, **p)

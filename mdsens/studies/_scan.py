@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,10 @@ def _check_definition(output: Path, definition_json: str) -> None:
                          f"({', '.join(keys)}); cannot resume")
 
 
+_LAST_NEIGHBORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Model -> the neighbour list its last relaxation in this process ended on."""
+
+
 def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_opts,
              sens_opts, obs_shapes, param_shapes) -> dict[str, Any]:
     """One point: relax from ``start`` and differentiate; never raises on a failed point."""
@@ -332,8 +337,15 @@ def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_op
     from ..md.sensitivity import SensitivityError, sensitivity
 
     t0 = time.perf_counter()
+    # The neighbour list of the previous point on this model is passed on: relax rebuilds
+    # it where atoms or the cell moved (keeping its capacity), so consecutive points share
+    # array shapes and reuse compiled code instead of recompiling for a new capacity.
     relaxation = relax(start, model, params=dict(pot.params), relax_cell=relax_cell,
+                       nbrs=_LAST_NEIGHBORS.get(model),
                        pressure=pressure, on_failure="ignore", **relax_opts)
+    if (relaxation.model is model and relaxation.nbrs is not None
+            and not bool(model.overflowed(relaxation.nbrs))):
+        _LAST_NEIGHBORS[model] = relaxation.nbrs
     diag: dict[str, Any] = {
         "relax_steps": int(relaxation.steps),
         "fmax": float(relaxation.fmax),

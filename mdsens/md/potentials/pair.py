@@ -73,7 +73,7 @@ class PairPotential(Potential):
         raise NotImplementedError
 
     def energy(self, params: Params, nb: Neighborhood) -> Array:
-        p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in params.items()}
+        p = _per_pair(params, nb)
         e = self.pair_energy(nb.r, **p)
         return 0.5 * jnp.sum(jnp.where(nb.mask, e, 0.0))
 
@@ -90,6 +90,23 @@ class PairPotential(Potential):
         """
         return _pair_total_energy(self, geometry.pad_distance, params, geometry.positions,
                                   geometry.cell, geometry.species, geometry.idx)
+
+
+def symmetrized(params: Params) -> Params:
+    r"""Per-pair matrices replaced by their symmetric part :math:`\tfrac12(P + P^\top)`.
+
+    A pair energy depends on a per-pair parameter through its symmetric part only, so its
+    derivative with respect to a matrix is symmetric (``G[a, b] = G[b, a]``) to every order,
+    and every atom's row of the full neighbour list sees the same value for its pair — which
+    the scatter-free force rule below relies on. Symmetric input is unchanged.
+    """
+    return {k: 0.5 * (v + jnp.swapaxes(v, -1, -2)) if jnp.ndim(v) == 2 else v
+            for k, v in params.items()}
+
+
+def _per_pair(params: Params, nb: Neighborhood) -> dict[str, Array]:
+    return {k: pair_param(v, nb.species, nb.neighbor_species)
+            for k, v in symmetrized(params).items()}
 
 
 def _plain_total_energy(pot, pad, params, R, cell, species, idx):
@@ -116,7 +133,7 @@ def _pair_total_energy_jvp(pot, pad, primals, tangents):
     params, R, cell, species, idx = primals
     params_dot, R_dot, cell_dot, _, _ = tangents
     nb = Geometry(R, cell, species, idx, pad).neighborhood()
-    p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in params.items()}
+    p = _per_pair(params, nb)
     e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,), (jnp.ones_like(nb.r),))
     energy = 0.5 * jnp.sum(jnp.where(nb.mask, e_pair, 0.0))
     tangent = jnp.zeros_like(energy)
