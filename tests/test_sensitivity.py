@@ -381,8 +381,17 @@ def test_assembled_pair_hessian_equals_autodiff_product(neighbor_list):
     nbrs = model.allocate(R, C)
     v = jax.random.normal(jax.random.PRNGKey(0), R.shape)
     ref = jax.jvp(lambda x: jax.grad(model.energy)(x, C, None, nbrs), (R,), (v,))[1]
-    got = model.pair_hessian_matvec(R, C, None, nbrs)(v)
+    matvec = model.pair_hessian_matvec(R, C, None, nbrs)
+    got = matvec(v)
     np.testing.assert_allclose(got, ref, atol=1e-12 * float(jnp.abs(ref).max()))
+    if neighbor_list:  # the per-atom blocks, against one-atom-at-a-time probing
+        from mdsens.md import zero_modes
+
+        hvp = lambda u: jax.jvp(lambda x: jax.grad(model.energy)(x, C, None, nbrs),  # noqa: E731
+                                (R,), (u,))[1]
+        probed = jax.jit(lambda: zero_modes.diagonal_blocks(hvp, R.shape[0], 3, R.dtype))()
+        np.testing.assert_allclose(matvec.diagonal_blocks, probed,
+                                   atol=1e-12 * float(jnp.abs(probed).max()))
 
 
 def test_assembled_and_autodiff_hessians_give_the_same_derivatives(packing):

@@ -178,7 +178,7 @@ class RootProblem:
         """``operator(x, θ) -> (v ↦ ∂ₓF v)`` assembled from pair stiffnesses
         (:meth:`EnergyModel.pair_hessian_matvec`) when the model allows it and the cell is
         fixed, else None. With the applied strain ``U`` (``R = R̃ U``) the product is
-        ``(H (v U)) Uᵀ``."""
+        ``(H (v U)) Uᵀ``. The matvec carries ``diagonal_blocks`` (N, d, d)."""
         if self.relax_cell or not self.model.has_pair_hessian:
             return None
 
@@ -188,7 +188,13 @@ class RootProblem:
             if self.cell0 is None:
                 return hv
             U = deformation(self.strain(theta), self.dim)
-            return lambda v: hv(v @ U) @ U.T
+
+            def strained(v):
+                return hv(v @ U) @ U.T
+
+            # blocks of the strained operator: U H_ii Uᵀ
+            strained.diagonal_blocks = jnp.einsum("ab,nbc,dc->nad", U, hv.diagonal_blocks, U)
+            return strained
 
         return operator
 

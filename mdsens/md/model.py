@@ -251,7 +251,9 @@ class EnergyModel:
         :math:`d`). :math:`\phi'` and :math:`\phi''` come from forward-mode derivatives of
         the potential's own ``pair_energy`` (switch included), once; a product is then one
         gather and O(N M d) flops — much cheaper than differentiating the energy twice.
-        Differentiable in ``R``, ``cell`` and ``params`` like any JAX function.
+        Differentiable in ``R``, ``cell`` and ``params`` like any JAX function. The returned
+        function carries ``diagonal_blocks``, the per-atom blocks
+        :math:`H_{ii} = \sum_m K_{im}` ``(N, d, d)``.
         """
         if not self.has_pair_hessian:
             raise ValueError("pair_hessian_matvec needs a pair potential without replication")
@@ -282,6 +284,10 @@ class EnergyModel:
             along = jnp.sum(unit * u, axis=-1)
             return jnp.sum((a * along)[..., None] * unit + b[..., None] * u, axis=1)
 
+        # the per-atom diagonal blocks H_ii = Σ_m K_im, (N, d, d), without any product
+        eye = jnp.eye(R.shape[-1], dtype=R.dtype)
+        matvec.diagonal_blocks = jnp.einsum("nm,nma,nmb->nab", a, unit, unit) + \
+            jnp.sum(b, axis=1)[:, None, None] * eye
         return matvec
 
     def check_params(self, params: Params) -> None:

@@ -437,6 +437,8 @@ def _position_hvp(problem: RootProblem, x_star, theta0, hessian: str = "autodiff
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _blocks_stage(colored: bool, hessian: str, problem, x_star, theta0, masks):
     hvp = _position_hvp(problem, x_star, theta0, hessian)
+    if hasattr(hvp, "diagonal_blocks"):  # assembled: the blocks are sums of stiffnesses
+        return hvp.diagonal_blocks
     R = x_star["R"] if problem.relax_cell else x_star
     n, d = R.shape
     if colored:
@@ -447,7 +449,8 @@ def _blocks_stage(colored: bool, hessian: str, problem, x_star, theta0, masks):
 def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner, hessian):
     """Per-atom Hessian blocks for rattler detection and preconditioning, or None.
 
-    Coloured probing (d Hessian-vector products per colour; atoms closer than the
+    Assembled pair Hessian: the blocks are sums of pair stiffnesses (no products).
+    Otherwise coloured probing (d Hessian-vector products per colour; atoms closer than the
     Hessian's range get different colours) when it needs fewer products than the
     one-atom-at-a-time scan (N·d products).
     """
@@ -458,6 +461,8 @@ def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner, hessian)
         rattlers is False or (rattlers == "auto" and n > zero_modes.MAX_ATOMS_FOR_RATTLER_SCAN)
     ):
         return None
+    if hessian == "assembled":
+        return np.asarray(_blocks_stage(False, hessian, problem, x_star, theta0, None))
     colors = None
     if model.cutoff is not None:
         reach = model.potential.hessian_range_factor * model.cutoff
@@ -465,7 +470,11 @@ def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner, hessian)
         colors = zero_modes.spatial_colors(np.asarray(R), None if cell is None else
                                            np.asarray(cell), reach)
     if colors is not None and colors.max() + 1 < n:
-        masks = jnp.asarray(zero_modes.color_masks(colors))
+        masks = zero_modes.color_masks(colors)
+        # pad to a multiple of 8 colours (zero probes add nothing) so that the colour count
+        # of a new state rarely changes the compiled shape
+        masks = np.vstack([masks, np.zeros((-len(masks) % 8, n))])
+        masks = jnp.asarray(masks)
         return np.asarray(_blocks_stage(True, hessian, problem, x_star, theta0, masks))
     return np.asarray(_blocks_stage(False, hessian, problem, x_star, theta0, None))
 
