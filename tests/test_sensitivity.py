@@ -408,3 +408,28 @@ def test_assembled_and_autodiff_hessians_give_the_same_derivatives(packing):
     with pytest.raises(ValueError, match="assembled"):
         sensitivity(system, pot, wrt=["sigma"], observables=["energy"], relax_cell=True,
                     relaxation=assembled.relaxation, hessian="assembled")
+
+
+@pytest.mark.slow  # ≈ 50 s: three uncached compilations of the estimate
+def test_jacobian_error_estimate_bounds_the_error_of_a_loose_relaxation():
+    """With the relaxation stopped at fmax 1e-4, the reported Jacobian error estimate is at
+    least the actual error of dR/dσ_AB (against a relaxation to 1e-11) and not wildly above
+    it; the zero modes (translations) do not make it infinite."""
+    atoms = bulk("Ar", "fcc", a=5.3, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=1)
+    atoms.set_chemical_symbols(np.array(["Ar", "Kr"])[np.arange(len(atoms)) % 2])
+    pot = potentials.get("lj", sigma={("Ar", "Ar"): 3.4, ("Ar", "Kr"): 3.5,
+                                      ("Kr", "Kr"): 3.6}, epsilon=0.0104)
+    system = System.from_ase(atoms)
+    ref = sensitivity(system, pot, ["sigma[Ar,Kr]"], ["positions"],
+                      relax_options={"fmax": 1e-11})
+    loose = relax(system, pot, fmax=1e-4, max_steps=100000)
+    res = sensitivity(system, pot, ["sigma[Ar,Kr]"], ["positions"], relaxation=loose,
+                      jacobian_error=True, on_failure="ignore")
+    actual = np.linalg.norm(res.derivatives["positions"]["sigma[Ar,Kr]"]
+                            - ref.derivatives["positions"]["sigma[Ar,Kr]"])
+    est = res.diagnostics["jacobian_error"]
+    assert actual > 1e-4  # the loose root does change the derivative
+    assert actual <= est["estimate"] <= 100 * actual
+    assert 0 < est["sigma_min"] < est["sigma_max"]
+    assert ref.diagnostics["jacobian_error"] is None

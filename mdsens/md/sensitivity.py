@@ -55,7 +55,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ..implicit import SolveInfo, Status, root_jvp, root_vjp
-from ..implicit.bounds import lanczos_ritz
+from ..implicit.bounds import jacobian_error_estimate, lanczos_ritz
 from . import observables as obs_mod
 from . import zero_modes
 from ._problem import (
@@ -139,6 +139,7 @@ def sensitivity(
     on_failure: Policy = "raise",
     params: dict | None = None,
     hessian: Literal["auto", "assembled", "autodiff"] = "auto",
+    jacobian_error: bool = False,
 ) -> Sensitivity:
     r"""Relax ``system`` and differentiate observables of the relaxed state.
 
@@ -176,6 +177,11 @@ def sensitivity(
         product is a gather — several times cheaper per CG iteration, see
         :meth:`~mdsens.md.EnergyModel.pair_hessian_matvec`) or ``"auto"`` (assembled where
         it applies). Elastic constants always use autodiff.
+      jacobian_error: also estimate ‖J(x̂) − ∂x*‖, the error of the derivative of the
+        unknowns caused by the relaxation being an approximate root
+        (:func:`mdsens.implicit.bounds.jacobian_error_estimate` on the complement of the
+        zero modes); costs one extra Krylov solve and a few dozen third-derivative products,
+        so it is off by default. Reported in ``diagnostics["jacobian_error"]``.
       params: parameter values to use instead of the potential's (same names), e.g. the
         point of a parameter study; the model's cutoff must cover them.
       on_failure: ``"raise"`` (:class:`SensitivityError`), ``"warn"``, ``"nan"``
@@ -191,7 +197,8 @@ def sensitivity(
       ``zero_modes`` (count, rattler atoms), ``min_curvature_estimate`` (Lanczos),
       ``root_residual`` (‖F‖ on the complement of the zero modes) and
       ``root_error_estimate`` (‖F‖ / λ_min, a first-order bound on the distance to the
-      exact root), ``elastic_solves`` and timings.
+      exact root), ``jacobian_error`` (with ``jacobian_error=True``: the estimate and its
+      ingredients α, β, γ, R, C; else None), ``elastic_solves`` and timings.
     """
     if on_failure not in ("raise", "warn", "nan", "ignore"):
         raise ValueError(f"on_failure must be raise, warn, nan or ignore, got {on_failure!r}")
@@ -283,6 +290,17 @@ def sensitivity(
                 f"(Lanczos estimate {lam_neg:.3e}) — it is a saddle; relax further or perturb"
             )
     timings["curvature"] = time.perf_counter() - t0
+    jacobian_estimate = None
+    if jacobian_error:
+        t0 = time.perf_counter()
+        if not curvature_check:
+            _, ritz, count = _check_stage(lanczos_steps, plan.hessian, problem, x_star,
+                                          theta0, q)
+        lam_scale = _ritz_summary(np.asarray(ritz)[: int(count)])[2]
+        est = _jacobian_error(problem, x_star, theta0, q, lam_scale, lanczos_steps)
+        jacobian_estimate = {f.name: float(getattr(est, f.name))
+                             for f in dataclasses.fields(est)}
+        timings["jacobian_error"] = time.perf_counter() - t0
 
     # 5. values and first derivatives ----------------------------------------------------
     ctx = obs_mod.Context(model, nbrs, jnp.asarray(system.positions, jnp.float64),
@@ -348,6 +366,7 @@ def sensitivity(
         "min_curvature_estimate": lam_min,
         "root_residual": residual,
         "root_error_estimate": residual / lam_min if lam_min > 0 else float("inf"),
+        "jacobian_error": jacobian_estimate,
         "solver": solver,
         "hessian": plan.hessian,
         "preconditioner": preconditioner,
@@ -497,6 +516,27 @@ def _check_stage(steps: int, hessian: str, problem, x_star, theta0, q):
     v0 = project(jax.random.normal(jax.random.PRNGKey(0), flat_x.shape, flat_x.dtype))
     ritz, count = lanczos_ritz(op, v0, steps)
     return residual, ritz, count
+
+
+def _jacobian_error(problem, x_star, theta0, q, scale, steps):
+    r"""Jacobian error estimate of the implicit core on the complement of the zero modes.
+
+    The zero modes (orthonormal columns ``q``) make ``∂ₓF`` singular, so the estimate is
+    taken for :math:`\tilde F(x, θ) = P F(x, θ) + s\,Q(x - \hat x)` (``P = I − Q``,
+    ``Q = q qᵀ``, ``s`` = the largest Hessian eigenvalue): its root derivative is the
+    minimum-norm derivative that :func:`sensitivity` reports, and its Jacobian has the
+    nonzero spectrum of ``P H P`` plus ``s`` on the zero modes, so ``α`` is the smallest
+    stiffness off the zero modes.
+    """
+    flat_x, unravel = ravel_pytree(x_star)
+
+    def F_tilde(x, theta):
+        fx = ravel_pytree(problem.F(x, theta))[0]
+        dx = ravel_pytree(x)[0] - flat_x
+        return unravel(fx - q @ (q.T @ fx) + scale * (q @ (q.T @ dx)))
+
+    return jax.jit(lambda: jacobian_error_estimate(F_tilde, x_star, (theta0,),
+                                                   lanczos_steps=steps))()
 
 
 def _ritz_summary(ritz: np.ndarray) -> tuple[float, float, float]:
