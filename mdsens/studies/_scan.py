@@ -203,6 +203,14 @@ def scan(
                     n_done += 1
                     if progress is not None:
                         progress(n_done, n_points, p, bool(point["converged"]))
+                if k + 1 < len(systems):
+                    # The next structure gets its own model: free this one's compiled
+                    # programs (they are cached per model and would otherwise accumulate
+                    # over a study of many structures).
+                    import jax
+
+                    del model
+                    jax.clear_caches()
         return _file.read(output)
 
 
