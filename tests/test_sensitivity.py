@@ -200,6 +200,8 @@ def test_lj_elastic_constants_vs_jax_md_and_stress_differences(lj_fcc):
     np.testing.assert_allclose(C, C_jm_voigt, atol=1e-6 * np.abs(C).max())
 
 
+@pytest.mark.slow  # ≈ 45 s; dC/dθ is also checked against finite differences in
+# tests/test_potential_fit.py (bulk-modulus target)
 def test_elastic_constants_derivative_follows_scaling_law(lj_fcc):
     """With the cell relaxed at every σ, C ∝ ε/σ³, so dC/dσ = −3C/σ and dC/dε = C/ε: the
     second derivatives through both relaxations (cell, then positions under strain)."""
