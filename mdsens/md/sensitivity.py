@@ -558,16 +558,22 @@ def _observe(plain, ctx, problem, x, theta):
     return {o.name: o.fn(ctx, R, C, params) for o in plain}
 
 
+def _stage_tools(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
+    """What both derivative stages need: the solver, the Hessian operator — assembled once,
+    outside the loop over right-hand sides, or None to linearise F — and the observables."""
+    solve = plan.solver_fn(nullspace, precond, problem.relax_cell)
+    op = plan.operator(problem)
+    A = None if op is None else op(x_star, theta0)
+    operator = None if A is None else (lambda x, theta: A)
+    return solve, operator, functools.partial(_observe, plain, ctx, problem)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _forward_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
     """Values and one JVP solve per parameter component."""
     F = problem.F
-    solve = plan.solver_fn(nullspace, precond, problem.relax_cell)
-    # One assembled operator (built once, outside the loop over right-hand sides) or None.
-    op = plan.operator(problem)
-    A = None if op is None else op(x_star, theta0)
-    operator = None if A is None else (lambda x, theta: A)
-    observe = functools.partial(_observe, plain, ctx, problem)
+    solve, operator, observe = _stage_tools(plan, plain, problem, x_star, theta0, nullspace,
+                                            precond, ctx)
     flat, unravel = ravel_pytree(theta0)
 
     def one(t):
@@ -587,12 +593,8 @@ def _forward_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx
 def _reverse_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
     """Values and one VJP solve per observable component."""
     F = problem.F
-    solve = plan.solver_fn(nullspace, precond, problem.relax_cell)
-    # One assembled operator (built once, outside the loop over right-hand sides) or None.
-    op = plan.operator(problem)
-    A = None if op is None else op(x_star, theta0)
-    operator = None if A is None else (lambda x, theta: A)
-    observe = functools.partial(_observe, plain, ctx, problem)
+    solve, operator, observe = _stage_tools(plan, plain, problem, x_star, theta0, nullspace,
+                                            precond, ctx)
     values = observe(x_star, theta0)
     flat_values = ravel_pytree(values)[0]
 
