@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 
@@ -90,20 +92,13 @@ def potential_fit_problem(K: int):
     import functools
 
     from mdsens.implicit import custom_root, linsolve
-    from mdsens.md import System, build, potentials, zero_modes
+    from mdsens.md import build, zero_modes
 
-    reps, a = (4, 4, 4), 4 ** (1 / 3)
-    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    g = np.stack(np.meshgrid(*[np.arange(k) for k in reps], indexing="ij"), -1).reshape(-1, 3)
-    rng = np.random.default_rng(0)
-    R0 = (g[:, None, :] + base[None]).reshape(-1, 3) * a
-    R0 = R0 + 0.05 * rng.standard_normal(R0.shape)
-    n = len(R0)
-    sp = np.array(["A"] * n)
-    sp[rng.permutation(n)[: n // 2]] = "B"
-    system = System.create(R0, cell=np.diag(np.array(reps, float) * a), species=list(sp))
-    pot = potentials.get("lj", sigma={("A", "A"): 1.0, ("A", "B"): 1.05, ("B", "B"): 1.1},
-                         epsilon={("A", "A"): 1.0, ("A", "B"): 1.0, ("B", "B"): 1.0})
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sensitivity import lj_alloy  # the alloy of the sensitivity benchmark
+
+    system, pot, _ = lj_alloy((4, 4, 4))
+    n = system.n_atoms
     model = build(system, pot, neighbor_list=False)
     assert model.n_copies == 1
     cell = jnp.asarray(system.cell)
