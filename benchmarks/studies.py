@@ -1,4 +1,4 @@
-"""Parameter-study throughput: points per second of a sweep, serial vs Dask workers.
+"""Parameter-study throughput: points per second of a sweep, serial vs batched vs Dask workers.
 
 System: a disordered binary Lennard-Jones crystal of 500 atoms (fcc 5×5×5 cells, reduced
 units, ρ = 1.0, species A/B assigned at random 50:50, σ_AA = 1, σ_BB = 1.1, ε = 1, 0.05σ
@@ -11,15 +11,19 @@ energy, the pressure and the stress with respect to σ and ε (both per-pair mat
 Backends (same sweep, same output layout, one HDF5 file each):
 
 - ``serial``: the in-process loop;
+- ``batch-K``: the in-process loop with ``scan(..., batch=K)``: K consecutive points relaxed
+  at once (``vmap``), each batch warm-started from the last point of the previous one;
 - ``dask-N``: ``scan(..., workers=N)``, a ``dask.distributed.LocalCluster`` of N worker
   processes with one thread each (cluster start-up included in the time).
 
 Reported: wall time, points per second (whole run, and after the first point, which pays
 compilation), and the largest relative difference of every value and derivative from the
-serial run (warm starts differ at chunk boundaries, so agreement is to the relaxation
-tolerance, not bit for bit).
+serial run (warm starts differ at chunk and batch boundaries, so agreement is to the
+relaxation tolerance, not bit for bit).
 
-Usage: ``python benchmarks/studies.py [--points 64] [--workers 2]``.
+Usage: ``python benchmarks/studies.py [--points 64] [--batch 8 16] [--workers 2]``; a quick
+check that the script runs: ``--points 4 --cells 3 --batch 2 --workers`` (108 atoms, no
+Dask row).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ WRT = ["sigma", "epsilon"]
 OBSERVABLES = ["energy", "pressure", "stress"]
 
 
-def run(backend: str, system, pot, sweep, out: Path, workers: int | None):
+def run(backend: str, system, pot, sweep, out: Path, workers: int | None, batch: int = 1):
     times = []
 
     def progress(n_done, n_points, p, converged):
@@ -55,7 +59,7 @@ def run(backend: str, system, pot, sweep, out: Path, workers: int | None):
 
     t0 = time.perf_counter()
     result = scan(system, pot, sweep, WRT, OBSERVABLES, out, overwrite=True,
-                  workers=workers, progress=progress)
+                  workers=workers, batch=batch, progress=progress)
     wall = time.perf_counter() - t0
     n = len(times)
     after_first = (n - 1) / (times[-1] - times[0]) if n > 1 else float("nan")
@@ -78,11 +82,16 @@ def max_rel_diff(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=64)
-    ap.add_argument("--workers", type=int, nargs="*", default=[2])
+    ap.add_argument("--batch", type=int, nargs="*", default=[8, 16],
+                    help="batch sizes of the batched rows (none: no batched row)")
+    ap.add_argument("--workers", type=int, nargs="*", default=[2],
+                    help="worker counts of the Dask rows (none: no Dask row)")
+    ap.add_argument("--cells", type=int, default=5,
+                    help="fcc cells per side (5: N = 500; 3: N = 108 for a quick check)")
     args = ap.parse_args()
     print(f"python {platform.python_version()}, jax {jax.__version__}, cpus {os.cpu_count()}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    system, pot, _ = lj_alloy((5, 5, 5))
+    system, pot, _ = lj_alloy((args.cells,) * 3)
     sweep = {"sigma[A,B]": np.linspace(1.0, 1.1, args.points)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,6 +100,13 @@ def main() -> None:
         row["converged"] = int(np.sum(serial.converged))
         rows.append(row)
         print(row, flush=True)
+        for k in args.batch:
+            res, row = run(f"batch-{k}", system, pot, sweep, Path(tmp) / f"batch{k}.h5", None,
+                           batch=k)
+            row["diff"] = max_rel_diff(res, serial)
+            row["converged"] = int(np.sum(res.converged))
+            rows.append(row)
+            print(row, flush=True)
         for w in args.workers:
             res, row = run(f"dask-{w}", system, pot, sweep, Path(tmp) / f"dask{w}.h5", w)
             row["diff"] = max_rel_diff(res, serial)

@@ -1,4 +1,5 @@
-"""Parameter studies: self-consistency of a sweep, SIGKILL + resume, bad specs."""
+"""Parameter studies: self-consistency of a sweep, SIGKILL + resume, batched points, bad
+specs."""
 
 from __future__ import annotations
 
@@ -29,6 +30,31 @@ def _pot():
 def _run(path, **kw):
     return scan(STRUCTURE, _pot(), {"sigma": SIGMAS}, ["sigma", "epsilon"], OBS, path,
                 relax_cell=True, **kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_models():
+    """Scans in this module share one EnergyModel per structure and model-point potential
+    (as a Dask worker does), so later scans reuse the compiled relaxation and derivative
+    programs instead of compiling them again for a model of their own."""
+    from mdsens.studies import _scan, _spec
+
+    models = {}
+    build = _scan._model_for
+
+    def model_for(system, pots):
+        pot = pots[_scan._model_point(pots)]
+        key = (_spec.structure_digest(system),
+               _spec.canonical_json([pot.name, dict(pot.params), pot.settings, pot.species]))
+        if key not in models:
+            models[key] = build(system, pots)
+        return models[key]
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(_scan, "_model_for", model_for)
+    yield
+    patch.undo()
+    models.clear()
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +131,38 @@ def test_sigkill_then_resume_equals_uninterrupted(reference, tmp_path):
     again = []
     _run(path, resume=True, progress=lambda *a: again.append(a))
     assert again == []
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_batched_scan_resumes_and_equals_serial(reference, tmp_path):
+    """scan(batch=2), interrupted after its first point and resumed with batch=2, equals
+    the serial scan to the relaxation tolerance (the warm starts differ)."""
+    def stop_after_first(n, total, p, ok):
+        raise _Stop
+
+    path = tmp_path / "batched.h5"
+    with pytest.raises(_Stop):
+        _run(path, batch=2, progress=stop_after_first)
+    computed = []
+    result = _run(path, batch=2, resume=True, progress=lambda n, t, p, ok: computed.append(p))
+    assert computed == [1, 2]  # point 0 was written before the interruption
+    assert result.complete and result.converged.all(), result.problems
+    # point 0: batch (0, 1) from the input; then batch (1, 2) from point 0's structure
+    np.testing.assert_array_equal(result.diagnostics["warm_start"], [-1, 0, 0])
+    # to the relaxation tolerance (fmax 1e-8 eV/Å): derivatives on the scale |v| / |θ| of
+    # d v / d θ (those that vanish physically, d a / d ε, are noise of that size)
+    theta = {"sigma": 3.4, "epsilon": 0.0104}
+    for name in OBS:
+        v = reference.values[name]
+        np.testing.assert_allclose(result.values[name], v, rtol=2e-7)
+        for p in ("sigma", "epsilon"):
+            np.testing.assert_allclose(result.derivatives[name][p],
+                                       reference.derivatives[name][p], rtol=1e-6,
+                                       atol=1e-6 * np.abs(v).max() / theta[p], err_msg=name)
+
 
 
 def test_resume_refuses_another_study(reference, tmp_path):

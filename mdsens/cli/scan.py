@@ -42,10 +42,13 @@ from . import _common as c
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Compute on the running Dask cluster at ADDRESS (tcp://host:8786); "
                    "excludes --workers.")
+@click.option("--batch", type=int, default=1, show_default=True, metavar="K",
+              help="Relax K consecutive points of a structure at once (vmap); each point's "
+                   "sensitivities still run one after another. Ignored with Dask.")
 @c.quiet_option
 def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pressure, fmax,
              max_steps, method, sweeps, wrt, observables, mode, output: Path, resume: bool,
-             overwrite: bool, workers: int | None, scheduler: str | None,
+             overwrite: bool, workers: int | None, scheduler: str | None, batch: int,
              quiet: bool) -> None:
     """Relax and differentiate STRUCTURE... at every point of a parameter grid; write one
     study file OUTPUT (HDF5, leading point axis, resumable after a crash).
@@ -66,6 +69,8 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
           -o study.h5 --workers 4
     """
     _check_backend(workers, scheduler)
+    if batch < 1:
+        raise c.BadInput(f"--batch must be at least 1, got {batch}")
     from ..studies._spec import parse_sweep
 
     sweep: dict[str, list[float]] = {}
@@ -112,7 +117,7 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
                           resume=resume, overwrite=overwrite,
                           labels=[str(s) for s in structures], progress=progress,
                           command_line=c.command_line(), workers=workers,
-                          scheduler=scheduler)
+                          scheduler=scheduler, batch=batch)
         except (ValueError, ConnectionError) as exc:
             raise c.BadInput(str(exc)) from None
     failed = int((~result.converged).sum())

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_batching import custom_vmap
 from jax.tree_util import tree_leaves, tree_map
 
 from ._fire import Minimizer
@@ -46,7 +47,7 @@ BAD_CELL = 4
 SMALL_CELL = 8
 
 # Incremented each time a chunk or init function is traced (tests check it is not per chunk).
-TRACE_COUNT = {"chunk": 0, "init": 0}
+TRACE_COUNT = {"chunk": 0, "init": 0, "chunk_batched": 0}
 
 
 class Context(NamedTuple):
@@ -86,6 +87,7 @@ class LoopSpec:
     model: Any
     minimizer: Minimizer
     relax_cell: bool
+    batched: bool = False  # members of a vmapped batch: neighbour lists via batched_update
 
 
 def strain_matrix(s: jax.Array, c: jax.Array) -> jax.Array:
@@ -103,13 +105,66 @@ def to_cartesian(q: Any, ctx: Context, relax_cell: bool) -> tuple[jax.Array, Any
     return X @ U, ctx.cell0 @ U
 
 
+def _may_need_rebuild(model: Any, R: jax.Array, cell: Any, nbrs: Any) -> jax.Array:
+    """True when ``model.update`` may rebuild the list at ``(R, cell)``.
+
+    The model's own test (``EnergyModel._needs_rebuild``) where the model has one; else a
+    superset of the classic rule (an atom moved more than skin/2 since the last build, or
+    the cell changed): an atom moved more than 0.9 × skin/2, or the cell changed. A true
+    value only costs a call of ``model.update``, which then decides by its own rule.
+    """
+    R_s, C_s = model.supercell(R, cell)
+    X = model._list_positions(R_s, C_s)
+    own = getattr(model, "_needs_rebuild", None)
+    if own is not None:
+        return own(X, C_s, nbrs)
+    dX = X - nbrs.nlist.reference_position
+    changed = jnp.asarray(False)
+    if model.periodic:
+        dX = (dX - jnp.round(dX)) @ C_s
+        changed = jnp.any(C_s != nbrs.reference_cell)
+    moved = jnp.max(jnp.sum(dX * dX, axis=-1)) > (0.45 * model.skin) ** 2
+    return moved | changed
+
+
+def batched_update(model: Any):
+    """``model.update`` whose ``vmap`` rebuilds only when some member may need it.
+
+    Under ``vmap`` the ``lax.cond`` inside ``model.update`` becomes a ``select`` that
+    rebuilds every member's list at every call. This version's batching rule evaluates the
+    rebuild test (:func:`_may_need_rebuild`) for every member and, only when it holds for
+    one, runs ``vmap(model.update)`` (each member then keeps or rebuilds its list by the
+    model's own rule); otherwise the lists are returned as they are. Each member's list
+    is therefore exactly what ``model.update`` alone gives. Built afresh inside each
+    traced function (jit caches on the loop's static key).
+    """
+
+    @custom_vmap
+    def update(R, cell, nbrs):
+        return model.update(R, cell, nbrs)
+
+    @update.def_vmap
+    def _rule(axis_size, in_batched, R, cell, nbrs):
+        def full(x, batched):
+            return x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+
+        args = tree_map(full, (R, cell, nbrs), tuple(in_batched))
+        need = jax.vmap(lambda *a: _may_need_rebuild(model, *a))(*args)
+        out = lax.cond(jnp.any(need), lambda a: jax.vmap(model.update)(*a),
+                       lambda a: a[2], args)
+        return out, tree_map(lambda _: True, out)
+
+    return update
+
+
 def make_force_fn(spec: LoopSpec, ctx: Context, nbrs: Any):
     """``force_fn(q) -> (H, -∇H, Aux)`` for the minimiser, updating ``nbrs`` at ``q``."""
     model = spec.model
 
     def force_fn(q):
         R, cell = to_cartesian(q, ctx, spec.relax_cell)
-        new_nbrs = model.update(R, cell, nbrs) if nbrs is not None else None
+        update = batched_update(model) if spec.batched else model.update
+        new_nbrs = update(R, cell, nbrs) if nbrs is not None else None
         if not spec.relax_cell:
             e, g = jax.value_and_grad(model.energy)(R, cell, ctx.params, new_nbrs)
             return e, -g, Aux(new_nbrs, e, -g, None)
@@ -197,5 +252,44 @@ def run_chunk(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
         ok = bits == 0
         state = tree_map(lambda a, b: jnp.where(ok, a, b), new, c.state)
         return Carry(state, c.step + ok.astype(c.step.dtype), c.stop, c.flags | bits)
+
+    return lax.while_loop(cond, body, carry)
+
+
+def _select(mask: jax.Array, new: Any, old: Any) -> Any:
+    """Per member: ``new`` where ``mask`` (shape ``(K,)``) else ``old``."""
+    return tree_map(lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)),
+                                           a, b), new, old)
+
+
+def run_chunk_batched(make_spec: Any, ctx: Context, carry: Carry) -> Carry:
+    """:func:`run_chunk` for K members at once (every leaf of ``ctx`` and ``carry`` has a
+    leading axis K; ``make_spec(ctx_k)`` gives member k's :class:`LoopSpec`).
+
+    One ``lax.while_loop`` runs while some member is active (``step < stop``, no error bit,
+    not converged); every iteration steps all members (``vmap``) and keeps the new state
+    only for the active ones. A member that is done is frozen (state, step and flags stay
+    as they were), so each member follows exactly the steps ``run_chunk`` would take.
+    """
+    TRACE_COUNT["chunk_batched"] += 1
+
+    def active(ctx_k: Context, c: Carry) -> jax.Array:
+        return (c.step < c.stop) & (c.flags == 0) & ~is_converged(c.state.aux, ctx_k)
+
+    def member_body(ctx_k: Context, c: Carry) -> Carry:
+        spec = make_spec(ctx_k)
+        force_fn = make_force_fn(spec, ctx_k, c.state.aux.nbrs)
+        new, trial = spec.minimizer.step(c.state, force_fn)
+        bits = trial_flags(spec, ctx_k, new.position, trial)
+        ok = bits == 0
+        state = tree_map(lambda a, b: jnp.where(ok, a, b), new, c.state)
+        return Carry(state, c.step + ok.astype(c.step.dtype), c.stop, c.flags | bits)
+
+    def cond(c: Carry) -> jax.Array:
+        return jnp.any(jax.vmap(active)(ctx, c))
+
+    def body(c: Carry) -> Carry:
+        mask = jax.vmap(active)(ctx, c)
+        return _select(mask, jax.vmap(member_body)(ctx, c), c)
 
     return lax.while_loop(cond, body, carry)

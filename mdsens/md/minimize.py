@@ -49,7 +49,8 @@ and 0.005 / 0.02 did not converge in 20000 steps from a random KA start. The var
 loop rebuilds the neighbour list at every step (the cell moves), so its steps cost more than
 fixed-cell ones.
 
-Exports: :func:`relax`, :class:`Relaxation`, :class:`Status`, :class:`RelaxationError`,
+Exports: :func:`relax`, :func:`relax_batch` (K parameter sets at once, ``vmap``; see
+``_batch``), :class:`Relaxation`, :class:`Status`, :class:`RelaxationError`,
 :class:`RelaxationWarning`, and the pieces :func:`fire`, :func:`gd` (``init / step``
 minimisers over pytrees).
 """
@@ -91,6 +92,7 @@ __all__ = [
     "fire",
     "gd",
     "relax",
+    "relax_batch",
 ]
 
 Method = Literal["fire", "gd"]
@@ -156,6 +158,33 @@ def _natural_scales(params: dict) -> tuple[float, float]:
         return float(values.max()) if values.size else 1.0
 
     return biggest("sigma"), biggest("epsilon")
+
+
+def _context(system: System, params: dict, pressure: float, fmax: float,
+             stress_tol: float | None) -> _loop.Context:
+    """The traced data of one relaxation of ``system`` at ``params`` (module docstring:
+    τ and ℓ from the parameters; the default ``stress_tol`` from the start cell's volume
+    per atom; the strain scale ``c = sqrt(N) v^(1/d)``)."""
+    R0 = jnp.asarray(system.positions)
+    cell0 = jnp.asarray(system.cell)
+    n, d = R0.shape
+    dtype = R0.dtype
+    ell, eps = _natural_scales(params)
+    tau = ell / math.sqrt(eps)
+    vol = abs(float(np.linalg.det(np.asarray(cell0, np.float64)))) if system.is_periodic else 1.0
+    v_atom = vol / max(n, 1)
+    if stress_tol is None:
+        stress_tol = fmax / v_atom ** ((d - 1) / d)
+    return _loop.Context(
+        params=params,
+        cell0=cell0,
+        cell_factor=jnp.asarray(math.sqrt(n) * v_atom ** (1 / d), dtype),
+        pressure=jnp.asarray(pressure, dtype),
+        fmax=jnp.asarray(fmax, dtype),
+        stress_tol=jnp.asarray(stress_tol, dtype),
+        time_unit=jnp.asarray(tau, dtype),
+        length_unit=jnp.asarray(ell, dtype),
+    )
 
 
 def _check_args(method, on_failure, fmax, max_steps, chunk, stress_tol) -> None:
@@ -251,25 +280,10 @@ def relax(
 
     R0 = jnp.asarray(system.positions)
     cell0 = jnp.asarray(system.cell)
-    n, d = R0.shape
+    d = R0.shape[1]
     dtype = R0.dtype
-    ell, eps = _natural_scales(params)
-    tau = ell / math.sqrt(eps)
     config = _MinimizerConfig(method, float(dt), float(dt_max), float(max_step))
-    vol = abs(float(np.linalg.det(np.asarray(cell0, np.float64)))) if system.is_periodic else 1.0
-    v_atom = vol / max(n, 1)
-    if stress_tol is None:
-        stress_tol = fmax / v_atom ** ((d - 1) / d)
-    ctx = _loop.Context(
-        params=params,
-        cell0=cell0,
-        cell_factor=jnp.asarray(math.sqrt(n) * v_atom ** (1 / d), dtype),
-        pressure=jnp.asarray(pressure, dtype),
-        fmax=jnp.asarray(fmax, dtype),
-        stress_tol=jnp.asarray(stress_tol, dtype),
-        time_unit=jnp.asarray(tau, dtype),
-        length_unit=jnp.asarray(ell, dtype),
-    )
+    ctx = _context(system, params, pressure, fmax, stress_tol)
     q0 = (R0, jnp.zeros((d, d), dtype)) if relax_cell else R0
     if nbrs is None:
         nbrs = model.allocate(R0, cell0)
@@ -342,3 +356,6 @@ def relax(
         model=model,
     )
     return apply_policy(result, on_failure)
+
+
+from ._batch import relax_batch as relax_batch  # noqa: E402 (uses this module's pieces)

@@ -41,6 +41,7 @@ def scan(
     command_line: str = "",
     workers: int | None = None,
     scheduler: str | None = None,
+    batch: int = 1,
 ) -> _file.StudyResult:
     r"""Relax and differentiate every point of a parameter grid × structures; stream to HDF5.
 
@@ -84,18 +85,28 @@ def scan(
         only writer of ``output``; grid points are cut into contiguous chunks, each chunk
         warm-started like the serial loop, so results equal the serial run's to the
         relaxation tolerance (see ``docs/studies.md``). Default: the serial in-process loop.
+      batch: relax up to this many consecutive points of one structure at once
+        (:func:`mdsens.md.minimize.relax_batch`, a ``vmap`` over the points' parameters):
+        every point of a batch starts from the relaxed structure of the point before the
+        batch (when done and finite, else from the input structure), and each point's
+        sensitivities then run one after another. Results equal the serial loop's to the
+        relaxation tolerance (the warm starts differ). A batch shorter than ``batch`` (the
+        end of a structure, or points already done) is padded with copies of its last
+        point, so one compiled loop serves the study. Default 1: one point at a time.
+        The Dask backend ignores it (its tasks compute one point at a time).
 
     Returns:
       :class:`StudyResult` read back from ``output``.
 
     Raises:
-      ValueError: bad sweep, wrt or observables; mismatched study on resume.
+      ValueError: bad sweep, wrt, observables or batch; mismatched study on resume.
       FileExistsError: ``output`` exists and neither ``resume`` nor ``overwrite``.
       FileNotFoundError: ``resume`` without an existing ``output``.
       ImportError: ``workers`` or ``scheduler`` without ``dask.distributed`` installed.
       ConnectionError: no Dask scheduler answers at ``scheduler``.
     """
     _check_backend(workers, scheduler)
+    _check_batch(batch, relax_options)
     import h5py
 
     from ..io.hdf5 import provenance
@@ -184,25 +195,31 @@ def scan(
         with h5py.File(output, "r+") as f:
             done = f["done"][()]
             n_done = int(done.sum())
+            compute = dict(wrt=wrt, observables=observables, relax_cell=relax_cell,
+                           pressure=pressure, relax_opts=relax_opts, sens_opts=sens_opts,
+                           obs_shapes=obs_shapes, param_shapes=param_shapes)
             for k, system in enumerate(systems):
                 model = _model_for(system, pots)
-                for g in range(n_grid):
-                    p = k * n_grid + g
-                    if done[p]:
-                        continue
+                for group in _groups(done[k * n_grid:(k + 1) * n_grid], int(batch)):
+                    g0 = group[0]
                     start, warm = system, -1
-                    if g > 0 and done[p - 1]:
-                        prev = _stored_structure(f, k, g - 1, system)
+                    if g0 > 0 and done[k * n_grid + g0 - 1]:
+                        prev = _stored_structure(f, k, g0 - 1, system)
                         if prev is not None:
-                            start, warm = prev, p - 1
-                    point = _compute(start, model, pots[g], wrt, observables, relax_cell,
-                                     pressure, relax_opts, sens_opts, obs_shapes, param_shapes)
-                    point["diagnostics"]["warm_start"] = warm
-                    _file.write_point(f, p, n_grid, k, point)
-                    done[p] = True
-                    n_done += 1
-                    if progress is not None:
-                        progress(n_done, n_points, p, bool(point["converged"]))
+                            start, warm = prev, k * n_grid + g0 - 1
+                    if batch == 1:
+                        computed = [_compute(start, model, pots[g0], **compute)]
+                    else:
+                        computed = _compute_batch(start, model, [pots[g] for g in group],
+                                                  int(batch), **compute)
+                    for g, point in zip(group, computed):
+                        p = k * n_grid + g
+                        point["diagnostics"]["warm_start"] = warm
+                        _file.write_point(f, p, n_grid, k, point)
+                        done[p] = True
+                        n_done += 1
+                        if progress is not None:
+                            progress(n_done, n_points, p, bool(point["converged"]))
                 if k + 1 < len(systems):
                     # The next structure gets its own model: free this one's compiled
                     # programs (they are cached per model and would otherwise accumulate
@@ -283,6 +300,28 @@ def _check_backend(workers, scheduler) -> None:
                           "pip install 'mdsens[dask]'")
 
 
+def _check_batch(batch, relax_options) -> None:
+    """``batch`` is a positive integer; with ``batch > 1`` no relaxation callback."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"scan: batch must be a positive integer, got {batch!r}")
+    if batch > 1 and (relax_options or {}).get("callback") is not None:
+        raise ValueError("scan: relax_options['callback'] is not supported with batch > 1")
+
+
+def _groups(done: np.ndarray, batch: int) -> list[list[int]]:
+    """The grid points not done, in order, cut into runs of at most ``batch`` consecutive
+    points (a done point ends a run)."""
+    groups: list[list[int]] = []
+    for g in range(done.size):
+        if done[g]:
+            continue
+        if groups and groups[-1][-1] == g - 1 and len(groups[-1]) < batch:
+            groups[-1].append(g)
+        else:
+            groups.append([g])
+    return groups
+
+
 def _model_point(pots) -> int:
     """The grid point whose potential has the largest cutoff (the first such)."""
     def cutoff(p):
@@ -342,7 +381,6 @@ def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_op
              sens_opts, obs_shapes, param_shapes) -> dict[str, Any]:
     """One point: relax from ``start`` and differentiate; never raises on a failed point."""
     from ..md.minimize import relax
-    from ..md.sensitivity import SensitivityError, sensitivity
 
     t0 = time.perf_counter()
     # The neighbour list of the previous point on this model is passed on: relax rebuilds
@@ -351,9 +389,47 @@ def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_op
     relaxation = relax(start, model, params=dict(pot.params), relax_cell=relax_cell,
                        nbrs=_LAST_NEIGHBORS.get(model),
                        pressure=pressure, on_failure="ignore", **relax_opts)
+    _keep_neighbors(model, relaxation)
+    return _differentiate(relaxation, pot, wrt, observables, relax_cell, pressure,
+                          sens_opts, time.perf_counter() - t0)
+
+
+def _compute_batch(start, model, pots, batch, wrt, observables, relax_cell, pressure,
+                   relax_opts, sens_opts, obs_shapes, param_shapes) -> list[dict[str, Any]]:
+    """The points of ``pots`` (at most ``batch``): relaxed together from ``start``
+    (:func:`~mdsens.md.minimize.relax_batch`, padded to ``batch`` members with copies of
+    the last point), then differentiated one by one. A point's ``seconds`` is its share of
+    the batch relaxation plus its own sensitivities."""
+    from ..md.minimize import relax_batch
+
+    t0 = time.perf_counter()
+    params = [dict(p.params) for p in pots]
+    params += [params[-1]] * (batch - len(params))
+    opts = {k: v for k, v in relax_opts.items() if k not in ("callback", "neighbor_list")}
+    relaxations = relax_batch(start, model, params, relax_cell=relax_cell,
+                              nbrs=_LAST_NEIGHBORS.get(model), pressure=pressure,
+                              on_failure="ignore", **opts)[:len(pots)]
+    _keep_neighbors(model, relaxations[-1])
+    share = (time.perf_counter() - t0) / len(pots)
+    return [_differentiate(r, pot, wrt, observables, relax_cell, pressure, sens_opts, share)
+            for r, pot in zip(relaxations, pots)]
+
+
+def _keep_neighbors(model, relaxation) -> None:
+    """Remember the relaxation's neighbour list as the start list of the model's next
+    relaxation (when it belongs to the model and did not overflow)."""
     if (relaxation.model is model and relaxation.nbrs is not None
             and not bool(model.overflowed(relaxation.nbrs))):
         _LAST_NEIGHBORS[model] = relaxation.nbrs
+
+
+def _differentiate(relaxation, pot, wrt, observables, relax_cell, pressure, sens_opts,
+                   seconds) -> dict[str, Any]:
+    """The sensitivities at ``relaxation`` as a point record (values, derivatives,
+    convergence, problems, diagnostics); ``seconds`` is the time spent before."""
+    from ..md.sensitivity import SensitivityError, sensitivity
+
+    t0 = time.perf_counter()
     diag: dict[str, Any] = {
         "relax_steps": int(relaxation.steps),
         "fmax": float(relaxation.fmax),
@@ -384,6 +460,6 @@ def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_op
         diag["n_solves"] = int(res.diagnostics["n_solves"])
         if solves is not None and solves["iterations"].size:
             diag["max_solve_iterations"] = int(solves["iterations"].max())
-    diag["seconds"] = time.perf_counter() - t0
+    diag["seconds"] = seconds + time.perf_counter() - t0
     point["diagnostics"] = diag
     return point
