@@ -8,6 +8,7 @@ from . import potentials as potentials
 from .minimize import Relaxation as Relaxation
 from .minimize import RelaxationError as RelaxationError
 from .minimize import relax as relax
+from .minimize import relax_batch as relax_batch
 from .model import AUTO_NEIGHBOR_THRESHOLD as AUTO_NEIGHBOR_THRESHOLD
 from .model import EnergyModel as EnergyModel
 from .model import Neighbors as Neighbors

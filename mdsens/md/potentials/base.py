@@ -28,6 +28,7 @@ Potentials that need something other than a neighbourhood (e.g. :func:`custom`) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -121,25 +122,53 @@ class Geometry:
         ds = ds - jnp.round(_stop(ds))
         return ds @ self.cell
 
-    def neighborhood(self) -> Neighborhood:
-        """Gather the dense :class:`Neighborhood` (displacements to listed neighbours)."""
+    def neighborhood(self, rows: Array | None = None, by_component: bool = False
+                     ) -> Neighborhood:
+        """Gather the dense :class:`Neighborhood` (displacements to listed neighbours).
+
+        Args:
+          rows: optional ``(m,)`` indices of the centre atoms whose neighbourhoods are
+            gathered (default all N, in order).
+          by_component: write gathers, minimum image and the cell product one Cartesian
+            component at a time (1-D gathers, scalar multiply-adds), which XLA fuses into
+            one loop: ≈ 3× faster energies of large systems on CPU, but a larger program,
+            slower to compile under nested derivatives. Same numbers either way.
+        """
         R = self.positions
-        n = R.shape[0]
-        idx = self.idx
+        n, d = R.shape
+        idx = self.idx if rows is None else self.idx[rows]
+        species = self.species if rows is None else self.species[rows]
         mask = idx < n
         j = jnp.where(mask, idx, 0)
+        Ri = R if rows is None else R[rows]
         if self.cell is None:
-            dR = R[j] - R[:, None, :]
+            if by_component:
+                comps = [R[:, k][j] - Ri[:, k][:, None] for k in range(d)]
+            else:
+                dR = R[j] - Ri[:, None, :]
+                comps = [dR[..., m] for m in range(d)]
         else:
             S = R @ jnp.linalg.inv(self.cell)
-            ds = S[j] - S[:, None, :]
-            ds = ds - jnp.round(_stop(ds))
-            dR = ds @ self.cell
-        pad = jnp.zeros(R.shape[-1], R.dtype).at[0].set(self.pad_distance)
-        dR = jnp.where(mask[..., None], dR, pad)
-        r = jnp.sqrt(jnp.sum(dR * dR, axis=-1))
+            Si = S if rows is None else S[rows]
+            C = self.cell
+            if by_component:
+                ds = []
+                for k in range(d):
+                    s = S[:, k][j] - Si[:, k][:, None]
+                    ds.append(s - jnp.round(_stop(s)))
+                comps = [functools.reduce(jnp.add, [ds[k] * C[k, m] for k in range(d)])
+                         for m in range(d)]
+            else:
+                ds = S[j] - Si[:, None, :]
+                dR = (ds - jnp.round(_stop(ds))) @ C
+                comps = [dR[..., m] for m in range(d)]
+        # padded slots: a constant dummy displacement (pad_distance, 0, ...) beyond the cutoff
+        comps = [jnp.where(mask, c, self.pad_distance if m == 0 else 0.0)
+                 for m, c in enumerate(comps)]
+        r = jnp.sqrt(functools.reduce(jnp.add, [c * c for c in comps]))
+        dR = jnp.stack(comps, axis=-1)
         nspecies = jnp.where(mask, self.species[j], 0)
-        return Neighborhood(dR, r, mask, idx, self.species, nspecies)
+        return Neighborhood(dR, r, mask, idx, species, nspecies)
 
 
 def _stop(x: Array) -> Array:

@@ -129,18 +129,54 @@ def _instantiate(t):
         else leaf, t, is_leaf=lambda x: isinstance(x, SymbolicZero))
 
 
+ROW_CHUNK = 128
+"""Centre atoms per block in the energy-and-force evaluation of systems above
+``CHUNKED_ABOVE`` atoms: a block's ``(128, M)`` intermediates stay in cache (≈ 25 % faster
+than one pass over all N rows at N = 4000), and its displacements are gathered one
+component at a time (``Geometry.neighborhood(by_component=True)``). Smaller systems take
+one pass of the plain form: a smaller program, which keeps nested derivatives (elastic
+constants and their parameter derivatives) quick to compile."""
+CHUNKED_ABOVE = 1024
+
+
+def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx):
+    r"""Energy and :math:`\partial E/\partial R_i = -\sum_m \phi'(r_{im})\,\hat d_{im}`
+    from each atom's own row of the full list, evaluated ``ROW_CHUNK`` rows at a time."""
+    n, d = R.shape
+    chunk = ROW_CHUNK if n > CHUNKED_ABOVE else n
+    n_chunks = -(-n // chunk)
+    rows = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
+    geometry = Geometry(R, cell, species, idx, pad)
+    sym = symmetrized(params)
+
+    def block(rows_b):
+        nb = geometry.neighborhood(rows_b, by_component=n > CHUNKED_ABOVE)
+        p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in sym.items()}
+        e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,),
+                               (jnp.ones_like(nb.r),))
+        e_rows = 0.5 * jnp.sum(jnp.where(nb.mask, e_pair, 0.0), axis=1)
+        coef = jnp.where(nb.mask, dphi / nb.r, 0.0)
+        grad = -jnp.stack([jnp.sum(coef * nb.dR[..., k], axis=1) for k in range(d)], -1)
+        return e_rows, grad
+
+    if n_chunks == 1:
+        e_rows, grad = block(None)
+        return jnp.sum(e_rows), grad
+    e_rows, grad = jax.lax.map(block, rows)
+    real = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)  # drop repeated rows
+    energy = jnp.sum(jnp.where(real, e_rows, 0.0))
+    return energy, grad.reshape(n_chunks * chunk, d)[:n]
+
+
 def _pair_total_energy_jvp(pot, pad, primals, tangents):
     params, R, cell, species, idx = primals
     params_dot, R_dot, cell_dot, _, _ = tangents
-    nb = Geometry(R, cell, species, idx, pad).neighborhood()
-    p = _per_pair(params, nb)
-    e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,), (jnp.ones_like(nb.r),))
-    energy = 0.5 * jnp.sum(jnp.where(nb.mask, e_pair, 0.0))
-    tangent = jnp.zeros_like(energy)
-    if not isinstance(R_dot, SymbolicZero):
-        coef = jnp.where(nb.mask, dphi / nb.r, 0.0)
-        grad_R = -jnp.sum(coef[..., None] * nb.dR, axis=1)  # ∂E/∂R_i, gather only
-        tangent = tangent + jnp.sum(grad_R * R_dot)
+    if isinstance(R_dot, SymbolicZero):
+        energy = _plain_total_energy(pot, pad, params, R, cell, species, idx)
+        tangent = jnp.zeros_like(energy)
+    else:
+        energy, grad_R = _energy_and_position_gradient(pot, pad, params, R, cell, species, idx)
+        tangent = jnp.sum(grad_R * R_dot)
     if not (_is_zero(params_dot) and (cell is None or _is_zero(cell_dot))):
         rest = (params, cell)
         rest_dot = (_instantiate(params_dot), None if cell is None else _instantiate(cell_dot))

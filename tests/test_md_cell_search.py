@@ -1,0 +1,133 @@
+"""The in-loop neighbour search (mdsens.md._cell_search) and the model's rebuild rule:
+neighbour sets vs brute force (ASE's neighbour list) in a skewed cell, overflow flags, and
+energies after strain and moves vs the all-pairs energy on a system large enough to use the
+cell grid."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from mdsens.md import System, build, potentials
+from mdsens.md import model as model_module
+from mdsens.md._cell_search import dense_search
+
+jax.config.update("jax_enable_x64", True)
+
+CELL = np.array([[9.0, 0.0, 0.0], [2.1, 8.6, 0.0], [-1.3, 1.7, 9.4]])
+
+
+def _random_atoms(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    return Atoms(f"Ar{n}", scaled_positions=rng.random((n, 3)), cell=CELL, pbc=True)
+
+
+def _widths(cell):
+    return 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)
+
+
+def test_dense_search_matches_brute_force_in_a_skewed_cell():
+    atoms = _random_atoms()
+    reach = 2.0
+    grid = tuple(int(w // reach) for w in _widths(CELL))
+    assert min(grid) >= 3
+    X = jnp.asarray(atoms.get_scaled_positions(wrap=True))
+    idx, list_over, cell_over, too_small = jax.jit(
+        dense_search, static_argnums=(2, 3, 4, 5))(X, jnp.asarray(CELL), grid, 40, 40, reach)
+    assert not (bool(list_over) or bool(cell_over) or bool(too_small))
+    i, j = ase_neighbor_list("ij", atoms, reach)
+    expected = [set(j[i == k]) for k in range(len(atoms))]
+    idx = np.asarray(idx)
+    got = [set(row[row < len(atoms)]) for row in idx]
+    assert got == expected
+    assert sum(map(len, got)) > 5 * len(atoms)  # a real test: many pairs
+    # rows hold no duplicates and are padded with N at the end
+    for row in idx:
+        listed = row[row < len(atoms)]
+        assert len(set(listed)) == len(listed)
+        assert np.all(row[len(listed):] == len(atoms))
+
+
+def test_dense_search_flags_overflow_and_too_small_cells():
+    X = jnp.asarray(_random_atoms().get_scaled_positions(wrap=True))
+    C = jnp.asarray(CELL)
+    search = jax.jit(dense_search, static_argnums=(2, 3, 4, 5))
+    _, list_over, cell_over, too_small = search(X, C, (3, 3, 3), 40, 5, 2.0)
+    assert bool(list_over) and not bool(too_small)
+    _, list_over, cell_over, _ = search(X, C, (3, 3, 3), 4, 40, 2.0)
+    assert bool(cell_over)
+    _, _, _, too_small = search(X, C, (4, 4, 4), 40, 40, 2.5)  # cells ≈ 2.1 wide
+    assert bool(too_small)
+
+
+def test_rebuilds_through_strain_and_moves_keep_energies_exact():
+    """864-atom LJ fcc (cutoff 2σ: a cell grid of 4 per side): after shears, strains and moves —
+    some below the rebuild threshold, some above — the list energy equals the all-pairs
+    energy; a small strain within the skin keeps the old list."""
+    atoms = bulk("Ar", "fcc", a=1.55, cubic=True).repeat((6, 6, 6))
+    atoms.positions += 0.03 * np.random.default_rng(1).standard_normal(atoms.positions.shape)
+    system = System.from_ase(atoms)
+    pot = potentials.lennard_jones(r_onset=1.5, r_cutoff=2.0)
+    nl, dense = build(system, pot, neighbor_list=True), build(system, pot, False)
+    nbrs = nl.allocate(system.positions, system.cell)
+    assert nbrs.nlist.cell_list_fn is not None  # the grid path is the one under test
+    update, e_nl, e_all = jax.jit(nl.update), jax.jit(nl.energy), jax.jit(dense.energy)
+    params = pot.params
+
+    # a strain well inside the skin budget: no rebuild, still exact
+    small = np.eye(3) + 0.2 * nl.skin / (nl.cutoff + nl.skin) * np.eye(3)[[0]].T @ np.eye(3)[[1]]
+    R, C = system.positions @ small, system.cell @ small
+    kept = update(R, C, nbrs)
+    np.testing.assert_array_equal(kept.nlist.idx, nbrs.nlist.idx)
+    np.testing.assert_allclose(e_nl(R, C, params, kept), e_all(R, C, params, None), rtol=1e-12)
+
+    rng = np.random.default_rng(7)
+    R, C = system.positions, system.cell
+    rebuilt = 0
+    for step in range(4):
+        strain = np.eye(3) + 0.02 * rng.standard_normal((3, 3))
+        C = C @ strain
+        R = R @ strain + 0.02 * rng.standard_normal(R.shape)
+        new = update(R, C, nbrs)
+        rebuilt += not np.array_equal(new.nlist.reference_position,
+                                      nbrs.nlist.reference_position)
+        nbrs = new
+        assert not nl.overflowed(nbrs), step
+        np.testing.assert_allclose(e_nl(R, C, params, nbrs), e_all(R, C, params, None),
+                                   rtol=1e-12)
+    assert rebuilt >= 2
+    F_nl = jax.grad(e_nl)(R, C, params, nbrs)
+    F_all = jax.grad(e_all)(R, C, params, None)
+    np.testing.assert_allclose(F_nl, F_all, atol=1e-10)
+
+
+def test_second_allocation_by_search_equals_jax_md(monkeypatch):
+    """After a first (jax-md) allocation, ``allocate`` uses the jitted search: same
+    neighbour sets and the same capacity as a jax-md allocation of the same state."""
+    atoms = bulk("Ar", "fcc", a=1.55, cubic=True).repeat((6, 6, 6))
+    system = System.from_ase(atoms)
+    model = build(system, potentials.lennard_jones(r_onset=1.5, r_cutoff=2.0),
+                  neighbor_list=True)
+    model.allocate(system.positions, system.cell)
+    calls = []
+    search = model_module._dense_search
+    monkeypatch.setattr(model_module, "_dense_search",
+                        lambda *a: calls.append(1) or search(*a))
+    R = system.positions + 0.05 * np.random.default_rng(3).standard_normal((len(atoms), 3))
+    C = system.cell * 1.02
+    searched = model.allocate(R, C, extra_capacity=2)
+    assert calls == [1]  # this allocation ran the search
+    model._search_template.clear()  # force jax-md's own allocation
+    reference = model.allocate(R, C, extra_capacity=2)
+    assert model._search_template  # the jax-md path stored a template again
+    assert searched.nlist.idx.shape == reference.nlist.idx.shape
+    n = len(atoms)
+    for a, b in zip(np.asarray(searched.nlist.idx), np.asarray(reference.nlist.idx),
+                    strict=True):
+        assert set(a[a < n]) == set(b[b < n])
+    assert searched.nlist.max_occupancy == reference.nlist.max_occupancy
+    assert not model.overflowed(searched)
