@@ -51,10 +51,11 @@ name                   unit    definition at the relaxed state
 =====================  ======  ==========================================================
 
 Worked example (solid argon, LJ σ and ε; ``examples/fit_potential.py``): targets
-a = 5.311 Å (Peterson, Batchelder & Simmons, Phys. Rev. 150, 703 (1966), ≈ 4 K) and
-E_coh = 0.0803 eV/atom (7.74 kJ/mol; Kittel, *Introduction to Solid State Physics*, 8th ed.,
-ch. 3, table of cohesive energies). From σ, ε 15 % off Kittel's 3.40 Å, 0.0104 eV the fit
-gives σ = 3.4292 Å, ε = 0.010264 eV and reproduces both targets to 1e-6 (7 relaxations).
+a = 5.311 Å (Peterson, Batchelder & Simmons, Phys. Rev. 150, 703 (1966), ≈ 4 K),
+E_coh = 0.0803 eV/atom (7.74 kJ/mol) and B = 2.7 GPa (Kittel, *Introduction to Solid State
+Physics*, 8th ed., ch. 3, tables of inert-gas crystals). From Kittel's gas-phase σ = 3.40 Å,
+ε = 0.0104 eV (B 6 % off) the fit gives σ = 3.4349 Å, ε = 0.010258 eV and reproduces all
+three to ≤ 0.17 % (10 relaxations; two parameters, three targets: a least-squares fit).
 Caveat: with a C¹ switch (LJ, Morse) the second derivatives of φ jump where a neighbour
 shell crosses r_onset or r_cutoff, so elastic targets are only piecewise smooth in θ when
 the ratio a/σ changes (Morse α); LJ's exact scaling (a ∝ σ) never crosses a shell.
@@ -318,31 +319,6 @@ def fit_loss(observables, derivatives, targets, scales, weights, wrt):
 # ----------------------------------------------------------------------------- the fit
 
 
-def _fixed_step_kwargs(params, ref) -> dict:
-    """FIRE step sizes (in units of τ, ℓ, see ``relax``) that give the *same absolute* steps
-    as at the reference parameters, so that ``relax`` reuses its compiled loop."""
-
-    def scale(name):
-        if name not in params:
-            return 1.0
-        v = abs(float(np.max(np.asarray(params[name]))))
-        return v if v > 0 else 1.0
-
-    ell, eps = scale("sigma"), scale("epsilon")
-    tau = ell / math.sqrt(eps)
-
-    def exact(target, unit):
-        x = target / unit
-        for _ in range(8):  # hit target == x * unit bit for bit (else relax recompiles)
-            if x * unit == target:
-                break
-            x = np.nextafter(x, np.inf if x * unit < target else -np.inf)
-        return float(x)
-
-    return {"dt": exact(ref["dt"], tau), "dt_max": exact(ref["dt_max"], tau),
-            "max_step": exact(ref["max_step"], ell)}
-
-
 def fit_potential(
     system: System | Any,
     potential: Any,
@@ -437,13 +413,10 @@ def fit_potential(
     n_atoms = system.n_atoms
     ropts = {"fmax": fmax, "max_steps": 100000, "on_failure": "ignore"}
     ropts.update(relax_options or {})
+    # FIRE steps in units of the current τ and ℓ (relax's own convention): the same numbers
+    # at every θ, so every relaxation reuses one compiled loop
     step_ref = {"dt": ropts.pop("dt", 0.005), "dt_max": ropts.pop("dt_max", 0.03),
                 "max_step": ropts.pop("max_step", 0.1)}
-    ell0, eps0 = (abs(float(np.max(np.asarray(potential.params.get(n, 1.0)))))
-                  for n in ("sigma", "epsilon"))
-    tau0 = ell0 / math.sqrt(eps0)
-    step_abs = {"dt": step_ref["dt"] * tau0, "dt_max": step_ref["dt_max"] * tau0,
-                "max_step": step_ref["max_step"] * ell0}
     # A model whose cutoff covers the fit's range of the length parameter (rebuilt if not).
     state = {"system": system, "potential": potential, "model": None}
     evaluations: list[dict] = []
@@ -482,7 +455,7 @@ def fit_potential(
         model = model_for(start, pot)
         nbrs = state.get("nbrs") if model is state.get("nbrs_model") else None
         relaxation = relax(start, model, params=pot.params, relax_cell=relax_cell, nbrs=nbrs,
-                           **_fixed_step_kwargs(pot.params, step_abs), **ropts)
+                           **step_ref, **ropts)
         if not bool(relaxation.converged):
             message = f"relaxation did not converge at {theta}: {relaxation.message}"
             if on_failure == "raise":
