@@ -54,7 +54,7 @@ Worked example (solid argon, LJ σ and ε; ``examples/fit_potential.py``): targe
 a = 5.311 Å (Peterson, Batchelder & Simmons, Phys. Rev. 150, 703 (1966), ≈ 4 K),
 E_coh = 0.0803 eV/atom (7.74 kJ/mol) and B = 2.7 GPa (Kittel, *Introduction to Solid State
 Physics*, 8th ed., ch. 3, tables of inert-gas crystals). From Kittel's gas-phase σ = 3.40 Å,
-ε = 0.0104 eV (B 6 % off) the fit gives σ = 3.4349 Å, ε = 0.010258 eV and reproduces all
+ε = 0.0104 eV (B 4.6 % off) the fit gives σ = 3.4349 Å, ε = 0.010258 eV and reproduces all
 three to ≤ 0.17 % (10 relaxations; two parameters, three targets: a least-squares fit).
 Caveat: with a C¹ switch (LJ, Morse) the second derivatives of φ jump where a neighbour
 shell crosses r_onset or r_cutoff, so elastic targets are only piecewise smooth in θ when
