@@ -419,11 +419,9 @@ def test_registry_and_parameter_validation():
         build(system, potentials.lj(sigma={("Ar", "Ar"): 1.0}))
 
 
-def test_pair_energy_gradient_rule_matches_plain_autodiff():
-    """The scatter-free position gradient of pair potentials (a custom_jvp) gives the same
-    forces, stress, parameter gradient, Hessian-vector products (forward over reverse),
-    mixed position-parameter derivatives and reverse-over-reverse products as plain
-    differentiation of the same energy (binary LJ, per-pair σ, replicated small cell)."""
+def _rule_and_plain_energies():
+    """Binary LJ (per-pair σ) in a replicated small cell with a neighbour list: the energy
+    through the model (the custom_jvp rule) and plain autodiff of the same energy."""
     from mdsens.md.potentials.pair import _plain_total_energy
 
     atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
@@ -436,7 +434,6 @@ def test_pair_energy_gradient_rule_matches_plain_autodiff():
     assert model.n_copies > 1
     R, C = jnp.asarray(system.positions), jnp.asarray(system.cell)
     nbrs = model.allocate(R, C)
-    P = dict(pot.params)
 
     def custom(R, C, P):
         return model.energy(R, C, P, nbrs)
@@ -447,6 +444,37 @@ def test_pair_energy_gradient_rule_matches_plain_autodiff():
                                    jnp.asarray(model._species_s()), nbrs.nlist.idx) / \
             model.n_copies
 
+    return R, C, dict(pot.params), custom, plain
+
+
+def test_blocked_energy_and_force_matches_plain_autodiff(monkeypatch):
+    """The blocked, per-component form used above CHUNKED_ABOVE atoms (forced here on 256
+    internal atoms, blocks of 100: the last block partly repeats rows) gives the same
+    energy, forces and Hessian-vector products as plain differentiation."""
+    from mdsens.md.potentials import pair
+
+    monkeypatch.setattr(pair, "CHUNKED_ABOVE", 0)
+    monkeypatch.setattr(pair, "ROW_CHUNK", 100)
+    R, C, P, custom, plain = _rule_and_plain_energies()
+    v = jax.random.normal(jax.random.PRNGKey(1), R.shape)
+
+    def checks(E):
+        value, grad = jax.value_and_grad(E)(R, C, P)
+        hvp = jax.jvp(lambda x: jax.grad(E)(x, C, P), (R,), (v,))[1]
+        return [value, grad, hvp]
+
+    got, ref = jax.jit(lambda: checks(custom))(), jax.jit(lambda: checks(plain))()
+    assert got[1].shape == R.shape
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13 * float(jnp.abs(r).max()))
+
+
+def test_pair_energy_gradient_rule_matches_plain_autodiff():
+    """The scatter-free position gradient of pair potentials (a custom_jvp) gives the same
+    forces, stress, parameter gradient, Hessian-vector products (forward over reverse),
+    mixed position-parameter derivatives and reverse-over-reverse products as plain
+    differentiation of the same energy (binary LJ, per-pair σ, replicated small cell)."""
+    R, C, P, custom, plain = _rule_and_plain_energies()
     v = jax.random.normal(jax.random.PRNGKey(0), R.shape)
 
     def checks(E):
@@ -458,7 +486,8 @@ def test_pair_energy_gradient_rule_matches_plain_autodiff():
         return [E(R, C, P), jax.grad(E)(R, C, P), jax.grad(E, 1)(R, C, P),
                 jax.grad(E, 2)(R, C, P)["sigma"], hvp, mixed, rev_rev]
 
-    grad_sigma = jax.grad(custom, 2)(R, C, P)["sigma"]
+    got, ref = jax.jit(lambda: checks(custom))(), jax.jit(lambda: checks(plain))()
+    grad_sigma = got[3]
     np.testing.assert_allclose(grad_sigma, grad_sigma.T, rtol=1e-12)
-    for got, ref in zip(checks(custom), checks(plain)):
-        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13 * float(jnp.abs(ref).max()))
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13 * float(jnp.abs(r).max()))
