@@ -166,15 +166,18 @@ def test_lj_elastic_constants_vs_jax_md_and_stress_differences(lj_fcc):
     # the same tensor from the strain derivative of the stress observable
     np.testing.assert_allclose(res.derivatives["stress"]["strain"], C, atol=1e-9)
 
-    # finite differences of the relaxed stress under applied strain η (fixed cell)
+    # finite differences of the relaxed stress under applied strain η (fixed cell); one
+    # model for both strained cells (same layout), so its loop and stress compile once
+    model = build(cell_relaxed, pot)
+    stress = jax.jit(model.stress)
+
     def relaxed_stress(eta):
         F = np.eye(3) + np.array([[eta, 0, 0], [0, 0, eta / 2], [0, eta / 2, 0]])
         strained = cell_relaxed.replace(positions=cell_relaxed.positions @ F,
                                         cell=cell_relaxed.cell @ F)
-        r = relax(strained, pot, fmax=1e-11)
-        model = build(r.system, pot)
-        s = model.stress(r.system.positions, r.system.cell, None,
-                         model.allocate(r.system.positions, r.system.cell))
+        r = relax(strained, model, fmax=1e-11)
+        s = stress(r.system.positions, r.system.cell, None,
+                   model.allocate(r.system.positions, r.system.cell))
         return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
     h = 1e-5
@@ -190,7 +193,7 @@ def test_lj_elastic_constants_vs_jax_md_and_stress_differences(lj_fcc):
     R_frac = jnp.asarray(big.get_scaled_positions(wrap=True))
     energy_fn = energy.lennard_jones_pair(disp, sigma=jnp.float64(1.0),
                                           epsilon=jnp.float64(1.0), r_onset=2.0, r_cutoff=2.5)
-    moduli = elasticity.athermal_moduli(energy_fn, check_convergence=True)(
+    moduli = jax.jit(elasticity.athermal_moduli(energy_fn, check_convergence=True))(
         R_frac, box)
     C_jm = np.asarray(elasticity.tensor_to_mandel(moduli[0] if isinstance(moduli, tuple)
                                                   else moduli))
