@@ -45,3 +45,18 @@ def random_systems(rng, n: int = 12):
     singular = P @ spd @ P
     return {"spd": spd, "sym_indef": sym_indef, "nonsym": nonsym, "singular": singular,
             "null_vector": ones}
+
+
+def binary_lj_crystal(a: float, repeat: int, rattle: float, seed: int):
+    """Disordered binary Ar/Kr fcc crystal (species alternating by index) with per-pair LJ σ:
+    ``(System, potential)``."""
+    from ase.build import bulk
+
+    from mdsens.md import System, potentials
+
+    atoms = bulk("Ar", "fcc", a=a, cubic=True).repeat((repeat,) * 3)
+    atoms.rattle(rattle, seed=seed)
+    atoms.set_chemical_symbols(np.array(["Ar", "Kr"])[np.arange(len(atoms)) % 2])
+    pot = potentials.get("lj", sigma={("Ar", "Ar"): 3.4, ("Ar", "Kr"): 3.5,
+                                      ("Kr", "Kr"): 3.6}, epsilon=0.0104)
+    return System.from_ase(atoms), pot

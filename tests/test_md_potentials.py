@@ -14,6 +14,7 @@ from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLJ
 from ase.cluster import Icosahedron
 from ase.neighborlist import neighbor_list as ase_neighbor_list
+from helpers import binary_lj_crystal
 
 from mdsens.md import System, build, potentials
 from mdsens.md.potentials.base import Potential
@@ -424,12 +425,7 @@ def _rule_and_plain_energies():
     through the model (the custom_jvp rule) and plain autodiff of the same energy."""
     from mdsens.md.potentials.pair import _plain_total_energy
 
-    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
-    atoms.rattle(0.1, seed=0)
-    atoms.set_chemical_symbols(np.array(["Ar", "Kr"])[np.arange(len(atoms)) % 2])
-    pot = potentials.get("lj", sigma={("Ar", "Ar"): 3.4, ("Ar", "Kr"): 3.5,
-                                      ("Kr", "Kr"): 3.6}, epsilon=0.0104)
-    system = System.from_ase(atoms)
+    system, pot = binary_lj_crystal(a=5.26, repeat=2, rattle=0.1, seed=0)
     model = build(system, pot, neighbor_list=True)
     assert model.n_copies > 1
     R, C = jnp.asarray(system.positions), jnp.asarray(system.cell)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase.build import bulk
+from helpers import binary_lj_crystal
 
 from mdsens.md import System, build, potentials
 from mdsens.md.minimize import relax
@@ -375,12 +376,7 @@ def test_repeated_calls_with_new_parameters_reuse_compiled_code(lj_fcc):
 def test_assembled_pair_hessian_equals_autodiff_product(neighbor_list):
     """H v from the assembled pair stiffnesses equals forward-over-reverse differentiation
     of the energy (binary LJ with per-pair σ, periodic, disordered positions)."""
-    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((4, 4, 4))  # wider than 2 r_c
-    atoms.rattle(0.1, seed=0)
-    atoms.set_chemical_symbols(np.array(["Ar", "Kr"])[np.arange(len(atoms)) % 2])
-    pot = potentials.get("lj", sigma={("Ar", "Ar"): 3.4, ("Ar", "Kr"): 3.5,
-                                      ("Kr", "Kr"): 3.6}, epsilon=0.0104)
-    system = System.from_ase(atoms)
+    system, pot = binary_lj_crystal(a=5.26, repeat=4, rattle=0.1, seed=0)  # wider than 2 r_c
     model = build(system, pot, neighbor_list=neighbor_list)
     assert model.has_pair_hessian and model.uses_neighbor_list == neighbor_list
     R, C = jnp.asarray(system.positions), jnp.asarray(system.cell)
@@ -421,12 +417,7 @@ def test_jacobian_error_estimate_bounds_the_error_of_a_loose_relaxation():
     """With the relaxation stopped at fmax 1e-4, the reported Jacobian error estimate is at
     least the actual error of dR/dσ_AB (against a relaxation to 1e-11) and not wildly above
     it; the zero modes (translations) do not make it infinite."""
-    atoms = bulk("Ar", "fcc", a=5.3, cubic=True).repeat((2, 2, 2))
-    atoms.rattle(0.05, seed=1)
-    atoms.set_chemical_symbols(np.array(["Ar", "Kr"])[np.arange(len(atoms)) % 2])
-    pot = potentials.get("lj", sigma={("Ar", "Ar"): 3.4, ("Ar", "Kr"): 3.5,
-                                      ("Kr", "Kr"): 3.6}, epsilon=0.0104)
-    system = System.from_ase(atoms)
+    system, pot = binary_lj_crystal(a=5.3, repeat=2, rattle=0.05, seed=1)
     ref = sensitivity(system, pot, ["sigma[Ar,Kr]"], ["positions"],
                       relax_options={"fmax": 1e-11})
     loose = relax(system, pot, fmax=1e-4, max_steps=100000)
