@@ -29,7 +29,7 @@ import numpy as np
 from . import _relax_loop as _loop
 from . import minimize as _min
 from ._relaxation import Policy, Relaxation, Status, apply_policy
-from .model import EnergyModel, Neighbors, build
+from .model import EnergyModel, Neighbors
 from .system import System
 
 __all__ = ["relax_batch"]
@@ -209,13 +209,7 @@ def relax_batch(
                              "boundary conditions or species)")
     if relax_cell and not first.is_periodic:
         raise ValueError("relax_cell=True needs a periodic system")
-    if isinstance(potential, EnergyModel):
-        model = potential
-        if model.n_atoms != first.n_atoms or model.dim != first.dim:
-            raise ValueError("the EnergyModel was built for another system layout")
-        neighbor_list = model.uses_neighbor_list
-    else:
-        model = build(first, potential, neighbor_list=neighbor_list)
+    model, neighbor_list = _min._resolve_model(first, potential, neighbor_list)
     tree0 = jax.tree.structure(params[0])
     shapes0 = [np.shape(x) for x in jax.tree.leaves(params[0])]
     for p in params:
@@ -251,8 +245,7 @@ def relax_batch(
     else:
         lists = None
 
-    finite = np.array([all(bool(np.all(np.isfinite(np.asarray(v))))
-                           for v in jax.tree.leaves(p)) for p in params])
+    finite = np.array([_min._params_finite(p) for p in params])
     status: list[Status | None] = [None] * n_members
     for k in alone:
         status[k] = Status.NEIGHBOR_LIST  # placeholder; replaced by the serial result
@@ -276,14 +269,9 @@ def relax_batch(
                     status[k] = Status.NEIGHBOR_LIST
                 else:
                     repair.append(k)
-            elif f & _loop.NONFINITE:
-                status[k] = Status.NONFINITE
-            elif f & _loop.BAD_CELL:
-                status[k] = Status.INVALID_CELL
-            elif converged[k]:
-                status[k] = Status.CONVERGED
-            elif step[k] >= max_steps:
-                status[k] = Status.MAX_STEPS
+            else:
+                status[k] = _min._terminal_status(f, bool(converged[k]), int(step[k]),
+                                                  max_steps)
         if repair:
             try:
                 state, flags = _repair(key, model, ctx, state, repair, stalled, relax_cell)
@@ -310,20 +298,6 @@ def relax_batch(
         if k in alone:
             results.append(_min.relax(systems[k], model, params=params[k], **serial_options))
             continue
-        s_k, c_k = _member(state, k), ctxs[k]
-        R, cell = _loop.to_cartesian(s_k.position, c_k, relax_cell)
-        fmax_k, sres = _loop.residuals(s_k.aux, c_k)
-        results.append(Relaxation(
-            system=systems[k].replace(positions=R, cell=cell),
-            energy=s_k.aux.energy,
-            forces=s_k.aux.forces,
-            fmax=fmax_k,
-            stress=s_k.aux.stress,
-            stress_residual=sres if relax_cell else None,
-            nbrs=s_k.aux.nbrs,
-            steps=int(step[k]),
-            converged=status[k] is Status.CONVERGED,
-            status=status[k],
-            model=model,
-        ))
+        results.append(_min._relaxation(systems[k], _member(state, k), ctxs[k], relax_cell,
+                                        int(step[k]), status[k], model))
     return [apply_policy(r, on_failure) for r in results]

@@ -105,34 +105,12 @@ def to_cartesian(q: Any, ctx: Context, relax_cell: bool) -> tuple[jax.Array, Any
     return X @ U, ctx.cell0 @ U
 
 
-def _may_need_rebuild(model: Any, R: jax.Array, cell: Any, nbrs: Any) -> jax.Array:
-    """True when ``model.update`` may rebuild the list at ``(R, cell)``.
-
-    The model's own test (``EnergyModel._needs_rebuild``) where the model has one; else a
-    superset of the classic rule (an atom moved more than skin/2 since the last build, or
-    the cell changed): an atom moved more than 0.9 × skin/2, or the cell changed. A true
-    value only costs a call of ``model.update``, which then decides by its own rule.
-    """
-    R_s, C_s = model.supercell(R, cell)
-    X = model._list_positions(R_s, C_s)
-    own = getattr(model, "_needs_rebuild", None)
-    if own is not None:
-        return own(X, C_s, nbrs)
-    dX = X - nbrs.nlist.reference_position
-    changed = jnp.asarray(False)
-    if model.periodic:
-        dX = (dX - jnp.round(dX)) @ C_s
-        changed = jnp.any(C_s != nbrs.reference_cell)
-    moved = jnp.max(jnp.sum(dX * dX, axis=-1)) > (0.45 * model.skin) ** 2
-    return moved | changed
-
-
 def batched_update(model: Any):
     """``model.update`` whose ``vmap`` rebuilds only when some member may need it.
 
     Under ``vmap`` the ``lax.cond`` inside ``model.update`` becomes a ``select`` that
     rebuilds every member's list at every call. This version's batching rule evaluates the
-    rebuild test (:func:`_may_need_rebuild`) for every member and, only when it holds for
+    rebuild test (``EnergyModel.needs_rebuild``) for every member and, only when it holds for
     one, runs ``vmap(model.update)`` (each member then keeps or rebuilds its list by the
     model's own rule); otherwise the lists are returned as they are. Each member's list
     is therefore exactly what ``model.update`` alone gives. Built afresh inside each
@@ -149,7 +127,7 @@ def batched_update(model: Any):
             return x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 
         args = tree_map(full, (R, cell, nbrs), tuple(in_batched))
-        need = jax.vmap(lambda *a: _may_need_rebuild(model, *a))(*args)
+        need = jax.vmap(model.needs_rebuild)(*args)
         out = lax.cond(jnp.any(need), lambda a: jax.vmap(model.update)(*a),
                        lambda a: a[2], args)
         return out, tree_map(lambda _: True, out)

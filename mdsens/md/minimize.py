@@ -202,6 +202,58 @@ def _check_args(method, on_failure, fmax, max_steps, chunk, stress_tol) -> None:
         raise ValueError(f"stress_tol must be > 0, got {stress_tol}")
 
 
+def _resolve_model(system: System, potential: Any, neighbor_list: Any
+                   ) -> tuple[EnergyModel, Any]:
+    """``(model, neighbor_list)``: ``potential`` itself when it is an ``EnergyModel`` built
+    for ``system``'s layout (its list setting then wins), else ``build(system, ...)``."""
+    if isinstance(potential, EnergyModel):
+        if potential.n_atoms != system.n_atoms or potential.dim != system.dim:
+            raise ValueError("the EnergyModel was built for another system layout")
+        return potential, potential.uses_neighbor_list
+    return build(system, potential, neighbor_list=neighbor_list), neighbor_list
+
+
+def _params_finite(params: Any) -> bool:
+    """All parameter entries finite. Non-finite parameters are caught on the host, not left
+    to the energy: some potentials (jax-md's Lennard-Jones) map non-finite pair energies to
+    zero."""
+    return all(bool(np.all(np.isfinite(np.asarray(v)))) for v in jax.tree.leaves(params))
+
+
+def _terminal_status(flags: int, converged: bool, step: int, max_steps: int
+                     ) -> Status | None:
+    """Why a relaxation without a pending list repair stops now (None: it goes on)."""
+    if flags & _loop.NONFINITE:
+        return Status.NONFINITE
+    if flags & _loop.BAD_CELL:
+        return Status.INVALID_CELL
+    if converged:
+        return Status.CONVERGED
+    if step >= max_steps:
+        return Status.MAX_STEPS
+    return None
+
+
+def _relaxation(system: System, state: Any, ctx: _loop.Context, relax_cell: bool,
+                steps: int, status: Status, model: EnergyModel) -> Relaxation:
+    """The :class:`Relaxation` of one loop state (``system`` gives the layout)."""
+    R, cell = _loop.to_cartesian(state.position, ctx, relax_cell)
+    fmax_now, sres = _loop.residuals(state.aux, ctx)
+    return Relaxation(
+        system=system.replace(positions=R, cell=cell),
+        energy=state.aux.energy,
+        forces=state.aux.forces,
+        fmax=fmax_now,
+        stress=state.aux.stress,
+        stress_residual=sres if relax_cell else None,
+        nbrs=state.aux.nbrs,
+        steps=steps,
+        converged=status is Status.CONVERGED,
+        status=status,
+        model=model,
+    )
+
+
 def relax(
     system: System,
     potential: Any,
@@ -268,13 +320,7 @@ def relax(
         raise TypeError("relax: system must be an mdsens.md.System (see System.from_ase)")
     if relax_cell and not system.is_periodic:
         raise ValueError("relax_cell=True needs a periodic system")
-    if isinstance(potential, EnergyModel):
-        model = potential
-        if model.n_atoms != system.n_atoms or model.dim != system.dim:
-            raise ValueError("the EnergyModel was built for another system layout")
-        neighbor_list = model.uses_neighbor_list
-    else:
-        model = build(system, potential, neighbor_list=neighbor_list)
+    model, neighbor_list = _resolve_model(system, potential, neighbor_list)
     params = model.params if params is None else params
     model.check_params(params)
 
@@ -291,10 +337,7 @@ def relax(
     key = (model, config, relax_cell)
     state, flags = _init_jit(key, ctx, q0, nbrs)
     step, stalled, status = 0, 0, None
-    # Non-finite parameters are caught here, not left to the energy: some potentials
-    # (jax-md's Lennard-Jones) map non-finite pair energies to zero.
-    finite_params = all(bool(np.all(np.isfinite(np.asarray(v)))) for v in
-                        jax.tree.leaves(params))
+    finite_params = _params_finite(params)
     while True:
         flags = int(flags) | (0 if finite_params else _loop.NONFINITE)
         if flags & (_loop.OVERFLOW | _loop.SMALL_CELL):
@@ -316,17 +359,9 @@ def relax(
             extra = (stalled - 1) * max(capacity // 4, 1)
             state, flags = _refresh_jit(key, ctx, state, model.allocate(R, cell, extra))
             continue
-        if flags & _loop.NONFINITE:
-            status = Status.NONFINITE
-            break
-        if flags & _loop.BAD_CELL:
-            status = Status.INVALID_CELL
-            break
-        if bool(_loop.is_converged(state.aux, ctx)):
-            status = Status.CONVERGED
-            break
-        if step >= max_steps:
-            status = Status.MAX_STEPS
+        status = _terminal_status(flags, bool(_loop.is_converged(state.aux, ctx)), step,
+                                  max_steps)
+        if status is not None:
             break
         carry = _loop.Carry(
             state, jnp.int32(step), jnp.int32(min(step + chunk, max_steps)), jnp.int32(0)
@@ -340,22 +375,8 @@ def relax(
             fmax_now, _ = _loop.residuals(state.aux, ctx)
             callback(step, float(state.aux.energy), float(fmax_now))
 
-    R, cell = _loop.to_cartesian(state.position, ctx, relax_cell)
-    fmax_now, sres = _loop.residuals(state.aux, ctx)
-    result = Relaxation(
-        system=system.replace(positions=R, cell=cell),
-        energy=state.aux.energy,
-        forces=state.aux.forces,
-        fmax=fmax_now,
-        stress=state.aux.stress,
-        stress_residual=sres if relax_cell else None,
-        nbrs=state.aux.nbrs,
-        steps=step,
-        converged=status is Status.CONVERGED,
-        status=status,
-        model=model,
-    )
-    return apply_policy(result, on_failure)
+    return apply_policy(_relaxation(system, state, ctx, relax_cell, step, status, model),
+                         on_failure)
 
 
 from ._batch import relax_batch as relax_batch  # noqa: E402 (uses this module's pieces)

@@ -429,6 +429,13 @@ class EnergyModel:
                     else nbrs.reference_cell)
         return Neighbors(nlist, ref_cell)
 
+    def needs_rebuild(self, R: Array, cell: Array | None, nbrs: Neighbors) -> Array:
+        """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``
+        for positions ``R`` and ``cell``; see :meth:`_needs_rebuild` for the rule."""
+        R_s, C_s = self.supercell(jax.lax.stop_gradient(R),
+                                  None if cell is None else jax.lax.stop_gradient(cell))
+        return self._needs_rebuild(self._list_positions(R_s, C_s), C_s, nbrs)
+
     def _needs_rebuild(self, X: Array, C_s: Array | None, nbrs: Neighbors) -> Array:
         r"""True if a pair beyond ``reach = cutoff + skin`` at the last build may now be
         within the cutoff.
