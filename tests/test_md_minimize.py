@@ -261,6 +261,41 @@ def test_nonfinite_is_reported(fcc_min, cubic32):
         relax(system, model, params=bad, nbrs=nbrs)
 
 
+def test_list_after_a_rejected_step_is_the_kept_states(fcc_min):
+    """A trial step that turns the energy non-finite is not taken; the returned list must
+    belong to the kept positions (the loop carries the trial's list, ``relax`` then
+    reallocates it)."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True, eq=False)
+    class NanPast(potentials.pair.LennardJones):
+        x_bad: float = 0.0
+
+        def total_energy(self, params, geometry):
+            e = super().total_energy(params, geometry)
+            return e + jnp.where(geometry.positions[2, 0] > self.x_bad, jnp.nan, 0.0)
+
+    a0 = fcc_min[0]
+    system = fcc_system(2, a0)
+    R = np.asarray(system.positions).copy()
+    R[2, 0] -= 0.05  # atom 2 sits at x = a0/2: it moves back towards it and crosses x_bad
+    system = system.replace(positions=R)
+    pot = NanPast(LJ.params, LJ.species, 2.0, 2.5, x_bad=0.5 * a0 - 0.02)
+    model = build(system, pot, neighbor_list=True)
+    result = relax(system, model, fmax=FMAX, on_failure="ignore")
+    assert result.status is Status.NONFINITE and result.steps > 0
+    kept = np.asarray(result.system.positions)
+    assert 0.5 * a0 - 0.05 < kept[2, 0] <= 0.5 * a0 - 0.02
+    X = model._list_positions(*model.supercell(result.system.positions, result.system.cell))
+    np.testing.assert_allclose(np.asarray(result.nbrs.nlist.reference_position),
+                               np.asarray(X), atol=1e-12)
+    fresh = model.allocate(result.system.positions, result.system.cell)
+    np.testing.assert_allclose(
+        float(model.energy(result.system.positions, result.system.cell, None, result.nbrs)),
+        float(model.energy(result.system.positions, result.system.cell, None, fresh)),
+        rtol=1e-13)
+
+
 def test_chunks_compile_once_and_report_progress(fcc_min, cubic32, rng):
     system = fcc_system(2, fcc_min[0], rng, noise=0.05)
     model, nbrs = cubic32

@@ -465,6 +465,21 @@ def test_blocked_energy_and_force_matches_plain_autodiff(monkeypatch):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13 * float(jnp.abs(r).max()))
 
 
+def test_lj_r2_form_is_jax_md_lj():
+    """The r²-form LJ of the force loop equals jax-md's switched LJ in r, with the
+    derivative relation 2 dφ/d(r²) = φ'(r)/r, below, inside and beyond the switch."""
+    from mdsens.md.potentials import pair
+
+    pot = pair.lennard_jones(sigma=1.3, epsilon=0.7)
+    r = jnp.linspace(0.9, 3.6, 2001)  # σ: onset 2.6, cutoff 3.25
+    p = dict(pot.params)  # strong float64 (jax-md computes weakly typed input in float32)
+    e_r, de_r = jax.jvp(lambda x: pot.pair_energy(x, **p), (r,), (jnp.ones_like(r),))
+    e_2, de_2 = jax.jvp(lambda x: pot.pair_energy_r2(x, **p), (r * r,), (jnp.ones_like(r),))
+    np.testing.assert_allclose(e_2, e_r, rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(2.0 * de_2, de_r / r, rtol=1e-12, atol=1e-16)
+    assert float(jnp.abs(e_2[r > 3.25]).max()) == 0.0 and float(e_2[0]) > 0
+
+
 def test_pair_energy_gradient_rule_matches_plain_autodiff():
     """The scatter-free position gradient of pair potentials (a custom_jvp) gives the same
     forces, stress, parameter gradient, Hessian-vector products (forward over reverse),

@@ -215,7 +215,9 @@ def run_chunk(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
     """``lax.while_loop`` from ``carry.step`` until ``carry.stop``, convergence or an error.
 
     A step whose trial point overflowed the neighbour list, is non-finite or has a collapsed
-    cell is not taken: the state stays the last good one and the bit is raised.
+    cell is not taken: the state stays the last good one and the bit is raised, except for
+    its neighbour list, which is the trial's (valid for the kept positions only when no
+    bit is set; ``relax`` reallocates it).
     """
     TRACE_COUNT["chunk"] += 1
     minimizer = spec.minimizer
@@ -228,10 +230,19 @@ def run_chunk(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
         new, trial = minimizer.step(c.state, force_fn)
         bits = trial_flags(spec, ctx, new.position, trial)
         ok = bits == 0
-        state = tree_map(lambda a, b: jnp.where(ok, a, b), new, c.state)
+        state = tree_map(lambda a, b: jnp.where(ok, a, b), _without_list(new),
+                         _without_list(c.state))
+        # The list is not selected (a copy of it per step): it is the trial's. After a
+        # rejected step the loop stops, and the caller reallocates the list for the kept
+        # state (see ``minimize.relax``).
+        state = state._replace(aux=state.aux._replace(nbrs=new.aux.nbrs))
         return Carry(state, c.step + ok.astype(c.step.dtype), c.stop, c.flags | bits)
 
     return lax.while_loop(cond, body, carry)
+
+
+def _without_list(state: Any) -> Any:
+    return state._replace(aux=state.aux._replace(nbrs=None))
 
 
 def _select(mask: jax.Array, new: Any, old: Any) -> Any:

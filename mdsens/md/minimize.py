@@ -362,6 +362,12 @@ def relax(
         status = _terminal_status(flags, bool(_loop.is_converged(state.aux, ctx)), step,
                                   max_steps)
         if status is not None:
+            if flags and state.aux.nbrs is not None:
+                # a rejected trial step left its own list in the state: one for the kept
+                # positions instead
+                R, cell = _loop.to_cartesian(state.position, ctx, relax_cell)
+                aux = state.aux._replace(nbrs=model.allocate(R, cell))
+                state = state._replace(aux=aux)
             break
         carry = _loop.Carry(
             state, jnp.int32(step), jnp.int32(min(step + chunk, max_steps)), jnp.int32(0)

@@ -134,41 +134,59 @@ class Geometry:
             one loop: ≈ 3× faster energies of large systems on CPU, but a larger program,
             slower to compile under nested derivatives. Same numbers either way.
         """
+        return self.neighborhood_fn(by_component)(rows)
+
+    def neighborhood_fn(self, by_component: bool = False
+                        ) -> Callable[[Array | None], Neighborhood]:
+        """``rows -> neighborhood(rows, by_component)`` with the per-atom work (fractional
+        coordinates, gather sources) done once, outside the returned function: for
+        evaluating blocks of rows in a loop (``lax.map``)."""
         R = self.positions
         n, d = R.shape
-        idx = self.idx if rows is None else self.idx[rows]
-        species = self.species if rows is None else self.species[rows]
-        mask = idx < n
-        j = jnp.where(mask, idx, 0)
-        Ri = R if rows is None else R[rows]
-        if self.cell is None:
+        periodic = self.cell is not None
+        X = R @ jnp.linalg.inv(self.cell) if periodic else R
+
+        # the gathers read one extra zero row at index n (the padding index) instead of
+        # clamping idx, which costs as much as the gather itself on CPU
+        def padded(x: Array) -> Array:
+            return jnp.concatenate([x, jnp.zeros((1, *x.shape[1:]), x.dtype)])
+
+        sources = [padded(X[:, k]) for k in range(d)] if by_component else padded(X)
+        species_src = padded(self.species)
+        # materialise the padded copies: fused into the gathers, the concatenation would
+        # be re-evaluated per gathered element
+        sources, species_src = jax.lax.optimization_barrier((sources, species_src))
+
+        def gather(rows: Array | None) -> Neighborhood:
+            idx = self.idx if rows is None else self.idx[rows]
+            species = self.species if rows is None else self.species[rows]
+            mask = idx < n
+            Xi = X if rows is None else X[rows]
             if by_component:
-                comps = [R[:, k][j] - Ri[:, k][:, None] for k in range(d)]
+                ds = [sources[k][idx] - Xi[:, k][:, None] for k in range(d)]
             else:
-                dR = R[j] - Ri[:, None, :]
-                comps = [dR[..., m] for m in range(d)]
-        else:
-            S = R @ jnp.linalg.inv(self.cell)
-            Si = S if rows is None else S[rows]
-            C = self.cell
-            if by_component:
-                ds = []
-                for k in range(d):
-                    s = S[:, k][j] - Si[:, k][:, None]
-                    ds.append(s - jnp.round(_stop(s)))
-                comps = [functools.reduce(jnp.add, [ds[k] * C[k, m] for k in range(d)])
-                         for m in range(d)]
+                dX = sources[idx] - Xi[:, None, :]
+                ds = [dX[..., k] for k in range(d)]
+            if periodic:
+                C = self.cell
+                ds = [s - jnp.round(_stop(s)) for s in ds]
+                if by_component:
+                    comps = [functools.reduce(jnp.add, [ds[k] * C[k, m] for k in range(d)])
+                             for m in range(d)]
+                else:
+                    dR = jnp.stack(ds, -1) @ C
+                    comps = [dR[..., m] for m in range(d)]
             else:
-                ds = S[j] - Si[:, None, :]
-                dR = (ds - jnp.round(_stop(ds))) @ C
-                comps = [dR[..., m] for m in range(d)]
-        # padded slots: a constant dummy displacement (pad_distance, 0, ...) beyond the cutoff
-        comps = [jnp.where(mask, c, self.pad_distance if m == 0 else 0.0)
-                 for m, c in enumerate(comps)]
-        r = jnp.sqrt(functools.reduce(jnp.add, [c * c for c in comps]))
-        dR = jnp.stack(comps, axis=-1)
-        nspecies = jnp.where(mask, self.species[j], 0)
-        return Neighborhood(dR, r, mask, idx, species, nspecies)
+                comps = ds
+            # padded slots: a constant dummy displacement (pad_distance, 0, ...) beyond
+            # the cutoff
+            comps = [jnp.where(mask, c, self.pad_distance if m == 0 else 0.0)
+                     for m, c in enumerate(comps)]
+            r = jnp.sqrt(functools.reduce(jnp.add, [c * c for c in comps]))
+            dR = jnp.stack(comps, axis=-1)
+            return Neighborhood(dR, r, mask, idx, species, species_src[idx])
+
+        return gather
 
 
 def _stop(x: Array) -> Array:

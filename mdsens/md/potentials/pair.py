@@ -68,8 +68,17 @@ class PairPotential(Potential):
     """
 
     hessian_range_factor: ClassVar[float] = 1.0
+    has_r2_form: ClassVar[bool] = False
+    """Whether :meth:`pair_energy_r2` is implemented (then the force loop uses it)."""
 
     def pair_energy(self, r: Array, **p: Array) -> Array:
+        raise NotImplementedError
+
+    def pair_energy_r2(self, r2: Array, **p: Array) -> Array:
+        r"""The same :math:`\phi`, as a function of :math:`r^2` (for potentials that are
+        polynomials / rational functions of :math:`r^2`). The energy-and-force loop then
+        needs neither :math:`\sqrt{\cdot}` nor :math:`1/r` per pair:
+        :math:`\partial\phi/\partial R_i = 2\,(\mathrm d\phi/\mathrm d r^2)\,(R_i - R_j)`."""
         raise NotImplementedError
 
     def energy(self, params: Params, nb: Neighborhood) -> Array:
@@ -149,13 +158,24 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx):
     geometry = Geometry(R, cell, species, idx, pad)
     sym = symmetrized(params)
 
+    neighborhood = geometry.neighborhood_fn(by_component=n > CHUNKED_ABOVE)
+
     def block(rows_b):
-        nb = geometry.neighborhood(rows_b, by_component=n > CHUNKED_ABOVE)
+        nb = neighborhood(rows_b)
         p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in sym.items()}
-        e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,),
-                               (jnp.ones_like(nb.r),))
-        e_rows = 0.5 * jnp.sum(jnp.where(nb.mask, e_pair, 0.0), axis=1)
-        coef = jnp.where(nb.mask, dphi / nb.r, 0.0)
+        if pot.has_r2_form:
+            # coef = 2 dφ/d(r²) = φ'(r)/r, without a square root; padded slots sit at
+            # pad_distance, beyond the cutoff, where an r²-form φ and dφ are exactly 0
+            r2 = functools.reduce(jnp.add, [nb.dR[..., k] ** 2 for k in range(d)])
+            e_pair, dphi = jax.jvp(lambda x: pot.pair_energy_r2(x, **p), (r2,),
+                                   (jnp.ones_like(r2),))
+            coef = 2.0 * dphi
+        else:
+            e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,),
+                                   (jnp.ones_like(nb.r),))
+            e_pair = jnp.where(nb.mask, e_pair, 0.0)
+            coef = jnp.where(nb.mask, dphi / nb.r, 0.0)
+        e_rows = 0.5 * jnp.sum(e_pair, axis=1)
         grad = -jnp.stack([jnp.sum(coef * nb.dR[..., k], axis=1) for k in range(d)], -1)
         return e_rows, grad
 
@@ -189,6 +209,14 @@ def _pair_total_energy_jvp(pot, pad, primals, tangents):
 _pair_total_energy.defjvp(_pair_total_energy_jvp, symbolic_zeros=True)
 
 
+def _switch_r2(r2: Array, ro2: Array, rc2: Array) -> Array:
+    r"""jax-md's C¹ switch as a function of :math:`r^2` (``multiplicative_isotropic_cutoff``):
+    1 below :math:`r_o`, :math:`(r_c^2 - r^2)^2 (r_c^2 + 2r^2 - 3r_o^2)/(r_c^2 - r_o^2)^3`
+    between, 0 from :math:`r_c`."""
+    inner = (rc2 - r2) ** 2 * (rc2 + 2.0 * r2 - 3.0 * ro2) / (rc2 - ro2) ** 3
+    return jnp.where(r2 < ro2, 1.0, jnp.where(r2 < rc2, inner, 0.0))
+
+
 def _check_switch(r_onset: float, r_cutoff: float) -> None:
     if not 0.0 < r_onset < r_cutoff:
         raise ValueError(f"need 0 < r_onset < r_cutoff, got {r_onset}, {r_cutoff}")
@@ -213,6 +241,7 @@ class LennardJones(PairPotential):
     """
 
     name = "lennard_jones"
+    has_r2_form = True
     r_onset: float = 2.0
     r_cutoff: float = 2.5
 
@@ -221,6 +250,12 @@ class LennardJones(PairPotential):
             jmd_energy.lennard_jones, self.r_onset * sigma, self.r_cutoff * sigma
         )
         return fn(r, sigma=sigma, epsilon=epsilon)
+
+    def pair_energy_r2(self, r2: Array, sigma: Array, epsilon: Array) -> Array:
+        s2 = sigma * sigma
+        x6 = (s2 / r2) ** 3
+        lj = 4.0 * epsilon * (x6 * x6 - x6)
+        return lj * _switch_r2(r2, self.r_onset**2 * s2, self.r_cutoff**2 * s2)
 
     def cutoff(self, params: Params | None = None) -> float:
         params = self.params if params is None else params
