@@ -22,6 +22,7 @@ from mdsens.md.minimize import (
     RelaxationWarning,
     Status,
     fire,
+    fire2,
     gd,
     relax,
 )
@@ -98,7 +99,7 @@ def _assert_fcc(result: Relaxation, a0: float, e0: float, cell_relaxed: bool) ->
 
 
 # ----------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("method", ["fire", "gd"])
+@pytest.mark.parametrize("method", ["fire", "fire2", "gd"])
 def test_fcc_fixed_cell_matches_lattice_sum(method, fcc_min, cubic32, rng):
     a0, e0 = fcc_min
     system = fcc_system(2, a0, rng, noise=0.05)
@@ -112,7 +113,7 @@ def test_fcc_fixed_cell_matches_lattice_sum(method, fcc_min, cubic32, rng):
     assert np.max(np.abs(d)) < 1e-6
 
 
-@pytest.mark.parametrize("method", ["fire", "gd"])
+@pytest.mark.parametrize("method", ["fire", "fire2", "gd"])
 def test_fcc_cell_relaxation_matches_lattice_sum(method, fcc_min, rng):
     a0, e0 = fcc_min
     system = fcc_system(2, 1.04 * a0, rng, noise=0.05)  # strained and perturbed start
@@ -344,11 +345,76 @@ def test_fire_and_gd_pieces_on_a_quadratic():
     def force_fn(q):
         return 0.5 * q @ A @ q, -(A @ q), None
 
-    for minimizer in (fire(0.02, 0.1), gd(1e-3)):
+    for minimizer in (fire(0.02, 0.1), fire2(0.02, 0.1), gd(1e-3)):
         state = minimizer.init(jnp.array([1.0, -1.0, 0.5]), force_fn)
         for _ in range(400):
             state, _ = minimizer.step(state, force_fn)
         assert float(jnp.max(jnp.abs(state.position))) < 1e-6
+
+
+def _fire2_reference(A, q, n_steps, dt, dt_max, max_step, delay=20, f_inc=1.1, f_dec=0.5,
+                     alpha0=0.25, f_alpha=0.99):
+    """FIRE 2.0 as LAMMPS's min_style fire iterates it (semi-implicit Euler, half step
+    back, initial delay, dt_min = 0.02 dt), written out in numpy for H = 1/2 q.A q over
+    the rows of q (Euclidean per-row cap)."""
+    q = np.array(q, float)
+    v = np.zeros_like(q)
+    f = -(A @ q.ravel()).reshape(q.shape)
+    alpha, last_negative, dt_min, path = alpha0, 0, 0.02 * dt, []
+    events = {"reset": 0, "cap": 0, "grow": 0}
+    for step in range(1, n_steps + 1):
+        P = float(np.sum(v * f))
+        if P > 0:
+            a = 1 - alpha
+            b = alpha * np.sqrt(np.sum(v * v) / np.sum(f * f)) if np.sum(f * f) > 1e-20 else 0.0
+            if step - last_negative > delay:
+                dt, alpha = min(dt * f_inc, dt_max), alpha * f_alpha
+                events["grow"] += 1
+        else:
+            last_negative = step
+            if step >= delay:
+                events["reset"] += 1
+                alpha = alpha0
+                if dt * f_dec >= dt_min:
+                    dt *= f_dec
+            q = q - 0.5 * dt * v
+            v = np.zeros_like(v)
+        probe = v if P > 0 else dt * f
+        fastest = np.max(np.linalg.norm(probe, axis=1))
+        h = max_step / fastest if dt * fastest > max_step else dt
+        events["cap"] += h < dt
+        v = v + h * f
+        if P > 0:
+            v = a * v + b * f
+        q = q + h * v
+        f = -(A @ q.ravel()).reshape(q.shape)
+        path.append(q.copy())
+    return np.array(path), events
+
+
+def test_fire2_follows_the_lammps_iteration():
+    """fire2's steps equal a plain numpy transcription of LAMMPS's FIRE 2.0 iteration on a
+    stiff quadratic, through time-step growth, resets (half step back) and the step cap."""
+    rng = np.random.default_rng(3)
+    B = rng.standard_normal((8, 8))
+    A = B @ B.T + np.diag(np.linspace(0.5, 60.0, 8))
+    q0 = rng.standard_normal((4, 2))
+    ref, events = _fire2_reference(A, q0, 150, 0.01, 0.2, 0.05)
+    assert min(events.values()) > 0, events
+    Aj = jnp.asarray(A)
+
+    def force_fn(q):
+        g = (Aj @ q.ravel()).reshape(q.shape)
+        return 0.5 * jnp.sum(q * g), -g, None
+
+    minimizer = fire2(0.01, 0.2, max_step=0.05)
+    state = minimizer.init(jnp.asarray(q0), force_fn)
+    path = []
+    for _ in range(150):
+        state, _ = minimizer.step(state, force_fn)
+        path.append(np.asarray(state.position))
+    np.testing.assert_allclose(np.array(path), ref, rtol=1e-12, atol=1e-14)
+    assert np.abs(ref[-1]).max() < 1e-3 * np.abs(q0).max()
 
 
 def test_bad_arguments(fcc_min):

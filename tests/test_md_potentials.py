@@ -474,7 +474,8 @@ def test_lj_r2_form_is_jax_md_lj():
     r = jnp.linspace(0.9, 3.6, 2001)  # σ: onset 2.6, cutoff 3.25
     p = dict(pot.params)  # strong float64 (jax-md computes weakly typed input in float32)
     e_r, de_r = jax.jvp(lambda x: pot.pair_energy(x, **p), (r,), (jnp.ones_like(r),))
-    e_2, de_2 = jax.jvp(lambda x: pot.pair_energy_r2(x, **p), (r * r,), (jnp.ones_like(r),))
+    c = pot.r2_coefficients(**p)
+    e_2, de_2 = jax.jvp(lambda x: pot.pair_energy_r2(x, **c), (r * r,), (jnp.ones_like(r),))
     np.testing.assert_allclose(e_2, e_r, rtol=1e-13, atol=1e-16)
     np.testing.assert_allclose(2.0 * de_2, de_r / r, rtol=1e-12, atol=1e-16)
     assert float(jnp.abs(e_2[r > 3.25]).max()) == 0.0 and float(e_2[0]) > 0

@@ -30,7 +30,8 @@ from jax.tree_util import tree_leaves, tree_map
 PyTree = Any
 ForceFn = Callable[[PyTree], tuple[jax.Array, PyTree, PyTree]]
 
-__all__ = ["FireState", "GDState", "Minimizer", "fire", "gd", "max_atom_norm"]
+__all__ = ["Fire2State", "FireState", "GDState", "Minimizer", "fire", "fire2", "gd",
+           "max_atom_norm"]
 
 
 class Minimizer(NamedTuple):
@@ -57,6 +58,21 @@ class FireState(NamedTuple):
     dt: jax.Array
     alpha: jax.Array
     n_pos: jax.Array
+
+
+class Fire2State(NamedTuple):
+    r"""State of FIRE 2.0 at one point: :class:`FireState`'s fields, with ``n_pos`` the
+    steps since the power was last :math:`\le 0`, plus ``n_steps``, the steps taken."""
+
+    position: PyTree
+    velocity: PyTree
+    force: PyTree
+    energy: jax.Array
+    aux: PyTree
+    dt: jax.Array
+    alpha: jax.Array
+    n_pos: jax.Array
+    n_steps: jax.Array
 
 
 class GDState(NamedTuple):
@@ -167,6 +183,100 @@ def fire(
         q_new = tree_map(jnp.add, q, dq)
         e_new, f_new, aux_new = force_fn(q_new)
         new = FireState(q_new, v, f_new, e_new, aux_new, dt, alpha, n_pos)
+        return new, (e_new, f_new, aux_new)
+
+    return Minimizer(init, step)
+
+
+def fire2(
+    dt_start: float,
+    dt_max: float,
+    *,
+    dt_min: float | None = None,
+    delay: int = 20,
+    f_inc: float = 1.1,
+    f_dec: float = 0.5,
+    alpha_start: float = 0.25,
+    f_alpha: float = 0.99,
+    max_step: float | None = None,
+    half_step_back: bool = True,
+) -> Minimizer:
+    r"""FIRE 2.0 (Guénolé et al., Comput. Mater. Sci. 175, 109584 (2020)), with the
+    constants and step of LAMMPS's ``min_style fire`` (semi-implicit Euler).
+
+    One step from :math:`(q, v, F)`, power :math:`P = F \cdot v` (global dot products):
+
+    * :math:`P > 0`: mixing weights :math:`a = 1-\alpha`, :math:`b = \alpha |v|/|F|` (from
+      the current :math:`v`); when more than ``delay`` steps have passed since the last
+      :math:`P \le 0`: :math:`\Delta t \leftarrow \min(f_{inc}\Delta t, \Delta t_{max})`,
+      :math:`\alpha \leftarrow f_\alpha \alpha`.
+    * :math:`P \le 0`: after the first ``delay`` steps of the run,
+      :math:`\alpha \leftarrow \alpha_{start}` and :math:`\Delta t \leftarrow f_{dec}\Delta t`
+      unless that falls below ``dt_min``; with ``half_step_back``,
+      :math:`q \leftarrow q - \tfrac12 \Delta t\, v` (the inertia correction); :math:`v
+      \leftarrow 0`.
+    * the step's time :math:`h = \Delta t`, reduced so that :math:`h \max_i |u_i| \le`
+      ``max_step`` with :math:`u = v`, or :math:`u = \Delta t F` right after a reset (rows
+      of every leaf; Euclidean norm);
+    * :math:`v \leftarrow v + hF`; if :math:`P > 0`, :math:`v \leftarrow a v + b F`;
+      :math:`q \leftarrow q + h v`, and the force is re-evaluated.
+
+    The first step has :math:`v = 0`, hence :math:`P = 0`: it starts with a reset.
+
+    Args:
+        dt_start, dt_max: initial and largest time step (units: module docstring).
+        dt_min: smallest time step a reset may set (default ``0.02 * dt_start``).
+        delay, f_inc, f_dec, alpha_start, f_alpha: the FIRE 2.0 constants (LAMMPS's
+          ``delaystep``, ``dtgrow``, ``dtshrink``, ``alpha0``, ``alphashrink``).
+        max_step: cap on the per-row displacement of one step (length units), or ``None``.
+        half_step_back: take the half step back at a reset.
+    """
+    dt_floor = 0.02 * dt_start if dt_min is None else dt_min
+
+    def init(q: PyTree, force_fn: ForceFn) -> Fire2State:
+        e, f, aux = force_fn(q)
+        dtype = jnp.result_type(*tree_leaves(q))
+        return Fire2State(
+            q,
+            tree_map(jnp.zeros_like, q),
+            f,
+            e,
+            aux,
+            jnp.asarray(dt_start, dtype),
+            jnp.asarray(alpha_start, dtype),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def step(state: Fire2State, force_fn: ForceFn) -> tuple[Fire2State, tuple]:
+        q, v, f, _, _, dt, alpha, n_pos, n_steps = state
+        power = _vdot(f, v)
+        up = power > 0
+        f_norm2 = _vdot(f, f)
+        mix_b = jnp.where(f_norm2 > 1e-20,
+                          alpha * jnp.sqrt(_vdot(v, v) / jnp.where(f_norm2 > 1e-20, f_norm2, 1.0)),
+                          0.0)
+        mix_a = 1.0 - alpha
+        grow = up & (n_pos + 1 > delay)
+        settled = n_steps + 1 >= delay  # resets change dt and alpha only after the delay
+        shrink = ~up & settled & (dt * f_dec >= dt_floor)
+        dt = jnp.where(grow, jnp.minimum(dt * f_inc, dt_max), jnp.where(shrink, dt * f_dec, dt))
+        alpha = jnp.where(grow, alpha * f_alpha,
+                          jnp.where(~up & settled, alpha_start, alpha))
+        n_pos = jnp.where(up, n_pos + 1, 0)
+        if half_step_back:
+            q = tree_map(lambda qi, vi: jnp.where(up, qi, qi - 0.5 * dt * vi), q, v)
+        v = tree_map(lambda vi: jnp.where(up, vi, 0.0), v)
+        h = dt
+        if max_step is not None:
+            probe = tree_map(lambda vi, fi: jnp.where(up, vi, dt * fi), v, f)
+            fastest = max_atom_norm(probe)
+            h = jnp.where(h * fastest > max_step, max_step / jnp.maximum(fastest, 1e-300), h)
+        v = tree_map(lambda vi, fi: vi + h * fi, v, f)
+        v = tree_map(lambda vi, fi: jnp.where(up, mix_a * vi + mix_b * fi, vi), v, f)
+        q_new = tree_map(lambda qi, vi: qi + h * vi, q, v)
+        e_new, f_new, aux_new = force_fn(q_new)
+        new = Fire2State(q_new, v, f_new, e_new, aux_new, dt, alpha, n_pos, n_steps + 1)
         return new, (e_new, f_new, aux_new)
 
     return Minimizer(init, step)

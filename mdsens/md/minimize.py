@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _relax_loop as _loop
-from ._fire import FireState, GDState, Minimizer, fire, gd
+from ._fire import Fire2State, FireState, GDState, Minimizer, fire, fire2, gd
 from ._relaxation import (
     POLICIES,
     Policy,
@@ -81,6 +81,7 @@ from .model import EnergyModel, build
 from .system import System
 
 __all__ = [
+    "Fire2State",
     "FireState",
     "GDState",
     "Minimizer",
@@ -90,12 +91,14 @@ __all__ = [
     "RelaxationWarning",
     "Status",
     "fire",
+    "fire2",
     "gd",
     "relax",
     "relax_batch",
 ]
 
-Method = Literal["fire", "gd"]
+Method = Literal["fire", "fire2", "gd"]
+METHODS = ("fire", "fire2", "gd")
 _MAX_STALLED_REPAIRS = 3
 
 
@@ -116,6 +119,8 @@ class _MinimizerConfig:
         tau, ell = ctx.time_unit, ctx.length_unit
         if self.method == "fire":
             return fire(self.dt * tau, self.dt_max * tau, max_step=self.max_step * ell)
+        if self.method == "fire2":
+            return fire2(self.dt * tau, self.dt_max * tau, max_step=self.max_step * ell)
         return gd((self.dt * tau) ** 2, max_step=self.max_step * ell)
 
 
@@ -188,8 +193,8 @@ def _context(system: System, params: dict, pressure: float, fmax: float,
 
 
 def _check_args(method, on_failure, fmax, max_steps, chunk, stress_tol) -> None:
-    if method not in ("fire", "gd"):
-        raise ValueError(f"method must be 'fire' or 'gd', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if on_failure not in POLICIES:
         raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
     if not fmax > 0:
@@ -289,8 +294,9 @@ def relax(
       system: start structure (periodic or free; ``relax_cell`` needs periodic).
       potential: a :class:`~mdsens.md.Potential`, or an ``EnergyModel`` already built for
         this system layout (reuses compiled code across calls).
-      method: ``"fire"`` (Bitzek et al. 2006, see :func:`fire`) or ``"gd"`` (adaptive
-        gradient descent, see :func:`gd`; initial step size ``(dt τ)²``).
+      method: ``"fire"`` (Bitzek et al. 2006, see :func:`fire`), ``"fire2"`` (FIRE 2.0
+        as in LAMMPS, see :func:`fire2`) or ``"gd"`` (adaptive gradient descent, see
+        :func:`gd`; initial step size ``(dt τ)²``).
       fmax: force tolerance, eV/Å: converged when :math:`\max_i |F_i| \le` fmax.
       max_steps: most minimiser steps (each one energy + force evaluation).
       relax_cell: also relax the cell (all six strain components in 3-D).

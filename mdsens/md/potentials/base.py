@@ -221,7 +221,10 @@ def pair_param(value: Array, species_i: Array, species_j: Array) -> Array:
     """
     if jnp.ndim(value) == 0:
         return value
-    return value[species_i[:, None], species_j]
+    n_species = value.shape[-1]
+    # one 1-D gather from the flattened table (faster on CPU than a 2-D gather, and than
+    # a chain of selects once the table is traced)
+    return value.reshape(-1)[species_i[:, None] * n_species + species_j]
 
 
 def _species_key(symbol: str) -> tuple[int, str]:

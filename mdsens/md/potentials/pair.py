@@ -74,11 +74,17 @@ class PairPotential(Potential):
     def pair_energy(self, r: Array, **p: Array) -> Array:
         raise NotImplementedError
 
-    def pair_energy_r2(self, r2: Array, **p: Array) -> Array:
-        r"""The same :math:`\phi`, as a function of :math:`r^2` (for potentials that are
-        polynomials / rational functions of :math:`r^2`). The energy-and-force loop then
-        needs neither :math:`\sqrt{\cdot}` nor :math:`1/r` per pair:
-        :math:`\partial\phi/\partial R_i = 2\,(\mathrm d\phi/\mathrm d r^2)\,(R_i - R_j)`."""
+    def r2_coefficients(self, **p: Array) -> dict[str, Array]:
+        """Per-pair-type constants of :meth:`pair_energy_r2`, from the parameters (scalars
+        or ``(S, S)`` tables): computed once per pair type, then looked up per pair."""
+        raise NotImplementedError
+
+    def pair_energy_r2(self, r2: Array, **c: Array) -> Array:
+        r"""The same :math:`\phi`, as a function of :math:`r^2` and the constants of
+        :meth:`r2_coefficients` (for potentials that are rational functions of
+        :math:`r^2`). The energy-and-force loop then needs neither :math:`\sqrt{\cdot}`
+        nor :math:`1/r` per pair: :math:`\partial\phi/\partial R_i = 2\,(\mathrm d\phi/
+        \mathrm d r^2)\,(R_i - R_j)`."""
         raise NotImplementedError
 
     def energy(self, params: Params, nb: Neighborhood) -> Array:
@@ -160,6 +166,9 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx):
 
     neighborhood = geometry.neighborhood_fn(by_component=n > CHUNKED_ABOVE)
 
+    if pot.has_r2_form:
+        sym = pot.r2_coefficients(**sym)
+
     def block(rows_b):
         nb = neighborhood(rows_b)
         p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in sym.items()}
@@ -209,14 +218,6 @@ def _pair_total_energy_jvp(pot, pad, primals, tangents):
 _pair_total_energy.defjvp(_pair_total_energy_jvp, symbolic_zeros=True)
 
 
-def _switch_r2(r2: Array, ro2: Array, rc2: Array) -> Array:
-    r"""jax-md's C¹ switch as a function of :math:`r^2` (``multiplicative_isotropic_cutoff``):
-    1 below :math:`r_o`, :math:`(r_c^2 - r^2)^2 (r_c^2 + 2r^2 - 3r_o^2)/(r_c^2 - r_o^2)^3`
-    between, 0 from :math:`r_c`."""
-    inner = (rc2 - r2) ** 2 * (rc2 + 2.0 * r2 - 3.0 * ro2) / (rc2 - ro2) ** 3
-    return jnp.where(r2 < ro2, 1.0, jnp.where(r2 < rc2, inner, 0.0))
-
-
 def _check_switch(r_onset: float, r_cutoff: float) -> None:
     if not 0.0 < r_onset < r_cutoff:
         raise ValueError(f"need 0 < r_onset < r_cutoff, got {r_onset}, {r_cutoff}")
@@ -251,11 +252,18 @@ class LennardJones(PairPotential):
         )
         return fn(r, sigma=sigma, epsilon=epsilon)
 
-    def pair_energy_r2(self, r2: Array, sigma: Array, epsilon: Array) -> Array:
+    def r2_coefficients(self, sigma: Array, epsilon: Array) -> dict[str, Array]:
         s2 = sigma * sigma
-        x6 = (s2 / r2) ** 3
-        lj = 4.0 * epsilon * (x6 * x6 - x6)
-        return lj * _switch_r2(r2, self.r_onset**2 * s2, self.r_cutoff**2 * s2)
+        width = self.r_cutoff**2 - self.r_onset**2
+        return {"s2": s2, "eps4": 4.0 * epsilon, "inv_den": 1.0 / (width * s2) ** 3}
+
+    def pair_energy_r2(self, r2: Array, s2: Array, eps4: Array, inv_den: Array) -> Array:
+        x = s2 / r2
+        x6 = x * x * x
+        lj = eps4 * (x6 * x6 - x6)
+        ro2, rc2 = self.r_onset**2 * s2, self.r_cutoff**2 * s2
+        inner = (rc2 - r2) ** 2 * (rc2 + 2.0 * r2 - 3.0 * ro2) * inv_den
+        return lj * jnp.where(r2 < ro2, 1.0, jnp.where(r2 < rc2, inner, 0.0))
 
     def cutoff(self, params: Params | None = None) -> float:
         params = self.params if params is None else params
