@@ -465,6 +465,52 @@ def test_blocked_energy_and_force_matches_plain_autodiff(monkeypatch):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13 * float(jnp.abs(r).max()))
 
 
+def test_image_slots_give_the_minimum_image_energy_and_forces(monkeypatch):
+    """Blocked forces read from the list's periodic images (forced on 256 atoms) equal the
+    minimum-image ones: rattled, with atoms re-wrapped by lattice vectors, after a
+    rebuild at moved positions and in a strained cell. A cell narrower than 2 reach gets no
+    images (and a rebuild into one flags the list for reallocation)."""
+    import dataclasses
+
+    from mdsens.md.potentials import pair
+
+    monkeypatch.setattr(pair, "CHUNKED_ABOVE", 0)
+    monkeypatch.setattr(pair, "ROW_CHUNK", 100)
+    base = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    g = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    a = 1.55
+    rng = np.random.default_rng(7)
+    R = jnp.asarray(((g[:, None] + base[None]).reshape(-1, 3)) * a
+                    + 0.05 * rng.standard_normal((256, 3)))
+    C = jnp.asarray(np.eye(3) * 4 * a)
+    model = build(System.create(np.asarray(R), np.asarray(C)), potentials.lj(),
+                  neighbor_list=True)
+    assert model.n_copies == 1
+    nbrs = model.allocate(R, C)
+    assert nbrs.images is not None
+    vg = jax.jit(jax.value_and_grad(model.energy), static_argnums=())
+
+    def check(R, C, nb):
+        e, gr = vg(R, C, None, nb)
+        e0, g0 = vg(R, C, None, dataclasses.replace(nb, images=None))
+        np.testing.assert_allclose(float(e), float(e0), rtol=1e-13)
+        np.testing.assert_allclose(np.asarray(gr), np.asarray(g0), atol=1e-12)
+
+    check(R, C, nbrs)
+    check(R.at[::3].add(C[0]).at[1::5].add(-C[2] + C[1]), C, nbrs)  # re-wrapped atoms
+    moved = R + 0.2 * jnp.asarray(rng.standard_normal((256, 3)))
+    rebuilt = model.update(moved, C, nbrs)
+    assert not np.array_equal(np.asarray(rebuilt.images), np.asarray(nbrs.images))
+    check(moved, C, rebuilt)
+    strain = jnp.eye(3) + jnp.asarray([[0.02, 0.01, 0.0], [0.01, -0.01, 0.0], [0, 0, 0.01]])
+    strained = model.update(R @ strain, C @ strain, nbrs)
+    check(R @ strain, C @ strain, strained)
+    # 0.85: widths 5.27, above 2 cutoff (5.0) but below 2 reach (5.5)
+    narrow = model.update(0.85 * R, 0.85 * C, nbrs)
+    assert bool(model.overflowed(narrow))
+    assert model.allocate(0.85 * R, 0.85 * C).images is None
+
+
 def test_lj_r2_form_is_jax_md_lj():
     """The r²-form LJ of the force loop equals jax-md's switched LJ in r, with the
     derivative relation 2 dφ/d(r²) = φ'(r)/r, below, inside and beyond the switch."""

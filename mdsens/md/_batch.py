@@ -82,8 +82,9 @@ class _Incompatible(Exception):
 
 def _common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
     """Stack per-member lists, each padded to the largest neighbour (and cell-list)
-    capacity: the padded slots hold the empty index (the number of internal atoms), so a
-    padded list has the same neighbours as before.
+    capacity: the padded slots hold the empty index (the number of internal atoms; ``N
+    3^d`` in the image slots), so a padded list has the same neighbours as before. Image
+    slots are kept only if every member has them.
 
     Raises:
       _Incompatible: the lists were built with different cell-list cell sizes.
@@ -97,15 +98,19 @@ def _common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
     caps = [nl.cell_list_capacity for nl in nls if nl.cell_list_capacity is not None]
     cell_cap = max(caps) if caps else None
     fn = next((nl.cell_list_fn for nl in nls if nl.cell_list_fn is not None), None)
+    with_images = all(n.images is not None for n in lists)  # else all take minimum images
     padded = []
     for n, nl in zip(lists, nls):
         idx = nl.idx
         empty = idx.shape[0]
-        if idx.shape[-1] < width:
-            idx = jnp.pad(idx, ((0, 0), (0, width - idx.shape[-1])), constant_values=empty)
+        extra = ((0, 0), (0, width - idx.shape[-1]))
+        images = None
+        if with_images:
+            images = jnp.pad(n.images, extra, constant_values=empty * 3**model.dim)
+        idx = jnp.pad(idx, extra, constant_values=empty)
         nl = nl.set(idx=idx, max_occupancy=width, cell_list_capacity=cell_cap,
                     cell_list_fn=fn)
-        padded.append(Neighbors(nl, n.reference_cell))
+        padded.append(Neighbors(nl, n.reference_cell, images))
     return _stack(padded)
 
 

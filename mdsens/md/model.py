@@ -82,15 +82,41 @@ class Neighbors:
       nlist: jax-md dense ``NeighborList`` over the internal (super)cell; fractional
         positions for periodic systems, shifted Cartesian positions for free ones.
       reference_cell: ``(d, d)`` internal cell at the last rebuild (zeros when free).
+      images: ``(N, M)`` int32 or None. For a periodic list whose cell was at least
+        ``2 reach`` wide at the last rebuild: slot ``(i, m)`` as ``j + N t``, where t
+        numbers the periodic image of neighbour j nearest to i at the rebuild (one of the
+        3^d cells around the reference cell, listed by ``potentials.base.image_shifts``);
+        padding is ``N 3^d``. Pair forces then read displacements from the images of the
+        atoms instead of taking the minimum image of every pair at every step.
     """
 
     nlist: partition.NeighborList
     reference_cell: Array
+    images: Array | None = None
 
 
 jax.tree_util.register_dataclass(
-    Neighbors, data_fields=["nlist", "reference_cell"], meta_fields=[]
+    Neighbors, data_fields=["nlist", "reference_cell", "images"], meta_fields=[]
 )
+
+
+def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
+    r""":attr:`Neighbors.images` for the list ``idx`` built at fractional positions ``X``.
+
+    With :math:`S = R C^{-1}` made continuous around ``X`` (:math:`S - \mathrm{round}(S -
+    X)`; what the energy does at every step), neighbour j's image nearest to i is
+    :math:`S_j + n` with :math:`n = -\mathrm{round}(S_j - S_i)`.
+    """
+    n, d = X.shape
+    S = R_s @ jnp.linalg.inv(C_s)
+    S = S - jnp.round(S - X)
+    mask = idx < n
+    j = jnp.where(mask, idx, 0)
+    code = jnp.zeros(idx.shape, jnp.int32)
+    for k in range(d):
+        shift = -jnp.round(S[:, k][j] - S[:, k][:, None]).astype(jnp.int32)
+        code = code * 3 + jnp.clip(shift, -1, 1) + 1
+    return jnp.where(mask, j + n * code, n * 3**d).astype(jnp.int32)
 
 
 def _widths(cell: np.ndarray) -> np.ndarray:
@@ -117,6 +143,7 @@ def _quiet_jax_md():
 
 
 _dense_search = jax.jit(_cell_search.dense_search, static_argnums=(2, 3, 4, 5))
+_image_slots_jit = jax.jit(_image_slots)
 _max_neighbors = jax.jit(_cell_search.max_neighbors, static_argnums=(2, 3, 4))
 
 
@@ -207,9 +234,13 @@ class EnergyModel:
                     "this model uses a neighbour list: pass nbrs=model.allocate(R, cell)"
                 )
             idx = nbrs.nlist.idx
+            images = (None if nbrs.images is None
+                      else (nbrs.images, nbrs.nlist.reference_position))
         else:
             idx = None if self._all_pairs is None else jnp.asarray(self._all_pairs)
-        geom = Geometry(R_s, C_s, jnp.asarray(self._species_s()), idx, self._pad_distance)
+            images = None
+        geom = Geometry(R_s, C_s, jnp.asarray(self._species_s()), idx, self._pad_distance,
+                        images)
         e = self.potential.total_energy(params, geom)
         return e / self.n_copies if self.n_copies > 1 else e
 
@@ -328,20 +359,29 @@ class EnergyModel:
         R_s, C_s = self.supercell(R, cell)
         X = self._list_positions(R_s, C_s)
         if self.periodic:
-            fast = self._allocate_by_search(X, C_s, extra_capacity)
-            if fast is not None:
-                return Neighbors(fast, C_s)
-        with _quiet_jax_md():
-            if self.periodic:
-                nlist = self._neighbor_fn.allocate(X, extra_capacity=extra_capacity,
-                                                   box=_nl_box(C_s))
+            nlist = self._allocate_by_search(X, C_s, extra_capacity)
+            if nlist is None:
+                with _quiet_jax_md():
+                    nlist = self._neighbor_fn.allocate(X, extra_capacity=extra_capacity,
+                                                       box=_nl_box(C_s))
                 nlist = self._stable(nlist)
                 if nlist.cell_list_fn is not None:
                     self._search_template["list"] = nlist
-                return Neighbors(nlist, C_s)
+            images = None
+            if self._images_fit(np.asarray(C_s)):
+                images = _image_slots_jit(X, C_s, R_s, nlist.idx)
+            return Neighbors(nlist, C_s, images)
+        with _quiet_jax_md():
             nlist = self._neighbor_fn.allocate(X, extra_capacity=extra_capacity)
             nlist = self._stable(nlist)
         return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype))
+
+    def _images_fit(self, C_s: np.ndarray) -> bool:
+        """Whether a list in cell ``C_s`` may carry :attr:`Neighbors.images`: every
+        perpendicular width at least ``2 reach``, so that at most one image of an atom is
+        within ``reach`` of another (then the image nearest at the rebuild is the one that
+        can come within the cutoff before the next rebuild)."""
+        return bool(np.all(_widths(C_s) >= 2.0 * (self.cutoff + self.skin)))
 
     def _allocate_by_search(
         self, X: Array, C_s: Array, extra_capacity: int
@@ -424,10 +464,24 @@ class EnergyModel:
             def search():
                 with _quiet_jax_md():
                     return old.update(X, **kw)
-        nlist = jax.lax.cond(rebuild, search, lambda: old)
+        if nbrs.images is None:
+            nlist = jax.lax.cond(rebuild, search, lambda: old)
+            images = None
+        else:
+            def search_with_images():
+                new = search()
+                # images need a cell at least 2 reach wide: otherwise flag the list for
+                # reallocation (allocate then gives one without images)
+                narrow = jnp.any(1.0 / jnp.linalg.norm(jnp.linalg.inv(C_s), axis=0)
+                                 < 2.0 * (self.cutoff + self.skin))
+                new = new.set(error=new.error.update(_PEC.CELL_SIZE_TOO_SMALL, narrow))
+                return new, _image_slots(X, C_s, R_s, new.idx)
+
+            nlist, images = jax.lax.cond(rebuild, search_with_images,
+                                         lambda: (old, nbrs.images))
         ref_cell = (jnp.where(rebuild, C_s, nbrs.reference_cell) if self.periodic
                     else nbrs.reference_cell)
-        return Neighbors(nlist, ref_cell)
+        return Neighbors(nlist, ref_cell, images)
 
     def needs_rebuild(self, R: Array, cell: Array | None, nbrs: Neighbors) -> Array:
         """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -95,6 +96,9 @@ class Geometry:
       idx: ``(N, M)`` int32 dense neighbour indices padded with ``N`` (None for potentials
         with ``uses_neighborhood = False``).
       pad_distance: length of the dummy displacement put into padded slots.
+      images: optional ``(image slots (N, M), reference fractional positions (N, d))`` of
+        the list (``mdsens.md.Neighbors.images``): pair forces may then read each pair's
+        displacement from its periodic image instead of taking the minimum image.
     """
 
     positions: Array
@@ -102,6 +106,7 @@ class Geometry:
     species: Array
     idx: Array | None
     pad_distance: float
+    images: tuple[Array, Array] | None = None
 
     @property
     def periodic(self) -> bool:
@@ -187,6 +192,50 @@ class Geometry:
             return Neighborhood(dR, r, mask, idx, species, species_src[idx])
 
         return gather
+
+    def image_neighborhood_fn(self) -> Callable[[Array | None], Neighborhood]:
+        r"""``rows -> Neighborhood`` read from the periodic images of the list's atoms
+        (``images``; periodic systems only), component by component.
+
+        With :math:`S = R C^{-1}` made continuous around the reference positions
+        :math:`X` of the last rebuild, :math:`S \leftarrow S - \mathrm{round}(S - X)`, and
+        :math:`\bar R = S C`, the image t of atom j sits at :math:`\bar R_j + n_t C`; slot
+        ``j + N t`` reads it, and :math:`d_{im} = \bar R_j + n_t C - \bar R_i` needs no
+        minimum-image rounding per pair. Exact while the list's rule holds (the model
+        keeps images only for cells at least ``2 reach`` wide). Padded slots read a
+        sentinel ``pad_distance`` beyond every atom in every component (beyond the cutoff);
+        ``mask`` marks the real slots.
+        """
+        slots, X_ref = self.images
+        R, C = self.positions, self.cell
+        n, d = R.shape
+        S = R @ jnp.linalg.inv(C)
+        S = S - jnp.round(_stop(S - X_ref))
+        Rc = S @ C
+        shifts = jnp.asarray(image_shifts(d), R.dtype) @ C  # (3^d, d)
+        n_images = shifts.shape[0]
+        far = _stop(jnp.max(Rc, axis=0)) + self.pad_distance
+        sources = [jnp.concatenate([(shifts[:, k][:, None] + Rc[:, k][None, :]).reshape(-1),
+                                    far[k][None]]) for k in range(d)]
+        species_src = jnp.concatenate([jnp.tile(self.species, n_images),
+                                       jnp.zeros((1,), self.species.dtype)])
+
+        def gather(rows: Array | None) -> Neighborhood:
+            sl = slots if rows is None else slots[rows]
+            Ri = Rc if rows is None else Rc[rows]
+            comps = [sources[k][sl] - Ri[:, k][:, None] for k in range(d)]
+            r = jnp.sqrt(functools.reduce(jnp.add, [c * c for c in comps]))
+            species = self.species if rows is None else self.species[rows]
+            return Neighborhood(jnp.stack(comps, axis=-1), r, sl < n * n_images, sl, species,
+                                species_src[sl])
+
+        return gather
+
+
+def image_shifts(dim: int) -> np.ndarray:
+    """``(3^d, d)`` lattice-vector multiples of the periodic images ``t = 0 … 3^d - 1`` of
+    a neighbour list's image slots (row ``t``; the last axis varies fastest)."""
+    return np.array(list(itertools.product(*([(-1, 0, 1)] * dim))), np.float64)
 
 
 def _stop(x: Array) -> Array:

@@ -104,7 +104,8 @@ class PairPotential(Potential):
         derivatives with respect to the cell and the parameters are plain forward mode.
         """
         return _pair_total_energy(self, geometry.pad_distance, params, geometry.positions,
-                                  geometry.cell, geometry.species, geometry.idx)
+                                  geometry.cell, geometry.species, geometry.idx,
+                                  geometry.images)
 
 
 def symmetrized(params: Params) -> Params:
@@ -129,7 +130,7 @@ def _plain_total_energy(pot, pad, params, R, cell, species, idx):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _pair_total_energy(pot, pad, params, R, cell, species, idx):
+def _pair_total_energy(pot, pad, params, R, cell, species, idx, images):
     return _plain_total_energy(pot, pad, params, R, cell, species, idx)
 
 
@@ -154,17 +155,23 @@ constants and their parameter derivatives) quick to compile."""
 CHUNKED_ABOVE = 1024
 
 
-def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx):
+def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, images=None):
     r"""Energy and :math:`\partial E/\partial R_i = -\sum_m \phi'(r_{im})\,\hat d_{im}`
-    from each atom's own row of the full list, evaluated ``ROW_CHUNK`` rows at a time."""
+    from each atom's own row of the full list, evaluated ``ROW_CHUNK`` rows at a time.
+    Blocked evaluations of periodic lists with image slots read the displacements from
+    the images (``Geometry.image_neighborhood_fn``), the others take the minimum image."""
     n, d = R.shape
-    chunk = ROW_CHUNK if n > CHUNKED_ABOVE else n
+    blocked = n > CHUNKED_ABOVE
+    chunk = ROW_CHUNK if blocked else n
     n_chunks = -(-n // chunk)
     rows = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
-    geometry = Geometry(R, cell, species, idx, pad)
+    geometry = Geometry(R, cell, species, idx, pad, images)
     sym = symmetrized(params)
 
-    neighborhood = geometry.neighborhood_fn(by_component=n > CHUNKED_ABOVE)
+    if blocked and images is not None and cell is not None:
+        neighborhood = geometry.image_neighborhood_fn()
+    else:
+        neighborhood = geometry.neighborhood_fn(by_component=blocked)
 
     if pot.has_r2_form:
         sym = pot.r2_coefficients(**sym)
@@ -198,13 +205,14 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx):
 
 
 def _pair_total_energy_jvp(pot, pad, primals, tangents):
-    params, R, cell, species, idx = primals
-    params_dot, R_dot, cell_dot, _, _ = tangents
+    params, R, cell, species, idx, images = primals
+    params_dot, R_dot, cell_dot = tangents[:3]
     if isinstance(R_dot, SymbolicZero):
         energy = _plain_total_energy(pot, pad, params, R, cell, species, idx)
         tangent = jnp.zeros_like(energy)
     else:
-        energy, grad_R = _energy_and_position_gradient(pot, pad, params, R, cell, species, idx)
+        energy, grad_R = _energy_and_position_gradient(pot, pad, params, R, cell, species, idx,
+                                                       images)
         tangent = jnp.sum(grad_R * R_dot)
     if not (_is_zero(params_dot) and (cell is None or _is_zero(cell_dot))):
         rest = (params, cell)
