@@ -27,6 +27,8 @@ Minimisers, all to max_i |F_i| ≤ 1e-8 (``--fmax``):
   max_step 0.1, chunk 1000; neighbour list with skin 0.25σ, capacity ×1.25), the model built
   once with ``mdsens.md.build``. *compile s* is the first call (2 steps: trace + XLA compile +
   list allocation); the timed runs reuse the compiled code (checked via the trace counter).
+- mdsens FIRE 2.0 (unless ``--no-fire2``): the same call with ``method="fire2"``, the
+  algorithm LAMMPS runs (timed interleaved with the others);
 - ASE: ``ase.optimize.FIRE(atoms, dt=0.005, dtmax=0.03, maxstep=0.1)`` (note: ASE caps the
   norm of the whole 3N step at maxstep). Timed once in full where N ≤ ``--ase-full-max``
   (default 4000; ``--quick``: 0). Larger systems run ``--ase-est-steps`` steps and the full
@@ -425,11 +427,19 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
     data_file = os.path.join(workdir, f"{name.replace(' ', '_')}_{system.n_atoms}.data")
     if lmp_python:
         write_lammps_data(data_file, system)
-    md_runs, lmp_runs = [], []
+    md_runs, lmp_runs, fire2_runs = [], [], []
+    if args.fire2:  # compile the FIRE 2.0 loop outside the timed runs
+        relax(system, model, fmax=fmax, max_steps=2, on_failure="ignore", nbrs=nbrs0,
+              method="fire2")
+        traces = dict(_relax_loop.TRACE_COUNT)
     repeats = args.repeats if (system.n_atoms <= 4000 and not binary) else args.repeats_large
     for _ in range(repeats):
         md_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0))
         print(f"  mdsens  {md_runs[-1]['wall']:8.2f} s  {md_runs[-1]['steps']} steps", flush=True)
+        if args.fire2:
+            fire2_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0, method="fire2"))
+            print(f"  mdsens FIRE 2.0 {fire2_runs[-1]['wall']:8.2f} s  "
+                  f"{fire2_runs[-1]['steps']} steps", flush=True)
         if lmp_python:
             lmp_runs.append(run_lammps(lmp_python, data_file, binary, fmax, workdir))
             print(f"  LAMMPS  {lmp_runs[-1]['wall']:8.2f} s  {lmp_runs[-1]['steps']} steps",
@@ -452,6 +462,11 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
     md = summary("mdsens", md_runs, t_compile,
                  note=f"wall includes a fresh allocate ({md_runs[-1]['alloc']:.2f} s); a plain "
                  f"relax(system, model) call took {cold['wall']:.2f} s (recompiles)")
+    if fire2_runs:
+        f2 = summary("mdsens FIRE 2.0", fire2_runs, None, note="method='fire2' (the algorithm "
+                     "of LAMMPS's min_style fire); wall includes a fresh allocate")
+        checks.append((name, system.n_atoms, "final energy mdsens FIRE 2.0 vs FIRE",
+                       f2["energy"], (f2["energy"] - md["energy"]) / abs(md["energy"])))
     e_md = md["energy"]
     checks.append((name, system.n_atoms, "start energy mdsens", e0_md, None))
     if lmp_runs:
@@ -514,8 +529,9 @@ def print_tables(rows, checks):
         print(f"- {r['system']} N={r['N']} {r['code']}: {r['note']}")
 
     print("\n## Ratios (same run; median wall time; in parentheses: per step)")
-    print("| system | N | mdsens / LAMMPS | mdsens / ASE | 2× LAMMPS target |")
-    print("|---|---:|---:|---:|---|")
+    print("| system | N | mdsens / LAMMPS | mdsens / ASE | 2× LAMMPS target "
+          "| mdsens FIRE 2.0 / LAMMPS |")
+    print("|---|---:|---:|---:|---|---:|")
     keys = []
     for r in rows:
         if (r["system"], r["N"]) not in keys:
@@ -526,7 +542,7 @@ def print_tables(rows, checks):
 
         def ratio(code, by=by, md=md):
             o = by.get(code)
-            if o is None:
+            if o is None or md is None:
                 return "–", None
             q = md["median"] / o["median"]
             est = " est." if o["n"] == 0 else ""
@@ -534,8 +550,9 @@ def print_tables(rows, checks):
 
         rl, ql = ratio("LAMMPS")
         ra, _ = ratio("ASE")
+        rf, _ = ratio("LAMMPS", md=by.get("mdsens FIRE 2.0"))
         target = "–" if ql is None else ("met" if ql <= 2.0 else "NOT met")
-        print(f"| {s} | {n} | {rl} | {ra} | {target} |")
+        print(f"| {s} | {n} | {rl} | {ra} | {target} | {rf} |")
 
     print("\n## Cross-code checks")
     print("| system | N | quantity | value | rel. diff |\n|---|---:|---|---:|---:|")
@@ -566,6 +583,8 @@ def main(argv=None) -> None:
                                                              "/tmp/lmpvenv/bin/python"))
     p.add_argument("--no-lammps", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile mdsens on the first fcc size")
+    p.add_argument("--no-fire2", dest="fire2", action="store_false",
+                   help="skip the extra mdsens runs with method='fire2' (FIRE 2.0)")
     args = p.parse_args(argv)
     if args.sizes is None:
         args.sizes = [4000] if args.quick else [4000, 32000]

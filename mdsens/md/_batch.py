@@ -147,7 +147,7 @@ def relax_batch(
     potential: Any,
     params: Sequence[dict],
     *,
-    method: _min.Method = "fire",
+    method: _min.Method = "fire2",
     fmax: float = 1e-6,
     max_steps: int = 10000,
     relax_cell: bool = False,

@@ -1,8 +1,8 @@
 r"""Energy minimisation of a :class:`~mdsens.md.System`: ``relax`` -> ``Relaxation``.
 
 ``relax`` finds a local minimum of the potential energy :math:`E(R)` at fixed cell, or of the
-enthalpy :math:`H = E + pV` over positions and cell (``relax_cell=True``), with FIRE
-(default) or adaptive gradient descent. Convergence (ASE convention):
+enthalpy :math:`H = E + pV` over positions and cell (``relax_cell=True``), with FIRE 2.0
+(default), the original FIRE or adaptive gradient descent. Convergence (ASE convention):
 
 .. math:: \max_i |F_i| \le \text{fmax}
    \quad\text{and, with relax\_cell,}\quad \max_{ij} |\sigma + pI|_{ij} \le \text{stress\_tol},
@@ -263,7 +263,7 @@ def relax(
     system: System,
     potential: Any,
     *,
-    method: Method = "fire",
+    method: Method = "fire2",
     fmax: float = 1e-6,
     max_steps: int = 10000,
     relax_cell: bool = False,
@@ -294,9 +294,9 @@ def relax(
       system: start structure (periodic or free; ``relax_cell`` needs periodic).
       potential: a :class:`~mdsens.md.Potential`, or an ``EnergyModel`` already built for
         this system layout (reuses compiled code across calls).
-      method: ``"fire"`` (Bitzek et al. 2006, see :func:`fire`), ``"fire2"`` (FIRE 2.0
-        as in LAMMPS, see :func:`fire2`) or ``"gd"`` (adaptive gradient descent, see
-        :func:`gd`; initial step size ``(dt τ)²``).
+      method: ``"fire2"`` (default: FIRE 2.0 as in LAMMPS, see :func:`fire2`),
+        ``"fire"`` (Bitzek et al. 2006, see :func:`fire`) or ``"gd"`` (adaptive gradient
+        descent, see :func:`gd`; initial step size ``(dt τ)²``).
       fmax: force tolerance, eV/Å: converged when :math:`\max_i |F_i| \le` fmax.
       max_steps: most minimiser steps (each one energy + force evaluation).
       relax_cell: also relax the cell (all six strain components in 3-D).
