@@ -23,12 +23,13 @@ The potential is jax-md's LJ with its C¹ switch from 2.0σ_ij to 2.5σ_ij for e
 
 Minimisers, all to max_i |F_i| ≤ 1e-8 (``--fmax``):
 
-- mdsens: ``relax(system, model, fmax=1e-8)`` with its defaults (FIRE, dt 0.005, dt_max 0.03,
+- mdsens: ``relax(system, model, fmax=1e-8)`` with its defaults (FIRE 2.0, the algorithm
+  LAMMPS runs; dt 0.005, dt_max 0.03,
   max_step 0.1, chunk 1000; neighbour list with skin 0.25σ, capacity ×1.25), the model built
   once with ``mdsens.md.build``. *compile s* is the first call (2 steps: trace + XLA compile +
   list allocation); the timed runs reuse the compiled code (checked via the trace counter).
-- mdsens FIRE 2.0 (unless ``--no-fire2``): the same call with ``method="fire2"``, the
-  algorithm LAMMPS runs (timed interleaved with the others);
+- mdsens FIRE (unless ``--no-fire1``): the same call with ``method="fire"``, the original
+  FIRE of Bitzek et al. 2006 (timed interleaved with the others);
 - ASE: ``ase.optimize.FIRE(atoms, dt=0.005, dtmax=0.03, maxstep=0.1)`` (note: ASE caps the
   norm of the whole 3N step at maxstep). Timed once in full where N ≤ ``--ase-full-max``
   (default 4000; ``--quick``: 0). Larger systems run ``--ase-est-steps`` steps and the full
@@ -325,9 +326,9 @@ def profile(system, pot, model, fmax, ref_run):
     t_alloc = 1e3 * (time.perf_counter() - t0) / 3
 
     # rebuilds along mdsens's own trajectory: replay with the library's FIRE and count
-    from mdsens.md.minimize import fire
+    from mdsens.md.minimize import fire2
 
-    mini = fire(DT, DT_MAX, max_step=MAX_STEP)
+    mini = fire2(DT, DT_MAX, max_step=MAX_STEP)
 
     def force_fn_of(nb):
         def force_fn(q):
@@ -427,19 +428,19 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
     data_file = os.path.join(workdir, f"{name.replace(' ', '_')}_{system.n_atoms}.data")
     if lmp_python:
         write_lammps_data(data_file, system)
-    md_runs, lmp_runs, fire2_runs = [], [], []
-    if args.fire2:  # compile the FIRE 2.0 loop outside the timed runs
+    md_runs, lmp_runs, fire1_runs = [], [], []
+    if args.fire1:  # compile the original FIRE's loop outside the timed runs
         relax(system, model, fmax=fmax, max_steps=2, on_failure="ignore", nbrs=nbrs0,
-              method="fire2")
+              method="fire")
         traces = dict(_relax_loop.TRACE_COUNT)
     repeats = args.repeats if (system.n_atoms <= 4000 and not binary) else args.repeats_large
     for _ in range(repeats):
         md_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0))
         print(f"  mdsens  {md_runs[-1]['wall']:8.2f} s  {md_runs[-1]['steps']} steps", flush=True)
-        if args.fire2:
-            fire2_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0, method="fire2"))
-            print(f"  mdsens FIRE 2.0 {fire2_runs[-1]['wall']:8.2f} s  "
-                  f"{fire2_runs[-1]['steps']} steps", flush=True)
+        if args.fire1:
+            fire1_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0, method="fire"))
+            print(f"  mdsens FIRE {fire1_runs[-1]['wall']:8.2f} s  "
+                  f"{fire1_runs[-1]['steps']} steps", flush=True)
         if lmp_python:
             lmp_runs.append(run_lammps(lmp_python, data_file, binary, fmax, workdir))
             print(f"  LAMMPS  {lmp_runs[-1]['wall']:8.2f} s  {lmp_runs[-1]['steps']} steps",
@@ -462,11 +463,11 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
     md = summary("mdsens", md_runs, t_compile,
                  note=f"wall includes a fresh allocate ({md_runs[-1]['alloc']:.2f} s); a plain "
                  f"relax(system, model) call took {cold['wall']:.2f} s (recompiles)")
-    if fire2_runs:
-        f2 = summary("mdsens FIRE 2.0", fire2_runs, None, note="method='fire2' (the algorithm "
-                     "of LAMMPS's min_style fire); wall includes a fresh allocate")
-        checks.append((name, system.n_atoms, "final energy mdsens FIRE 2.0 vs FIRE",
-                       f2["energy"], (f2["energy"] - md["energy"]) / abs(md["energy"])))
+    if fire1_runs:
+        f1 = summary("mdsens FIRE", fire1_runs, None, note="method='fire' (Bitzek et al. "
+                     "2006); wall includes a fresh allocate")
+        checks.append((name, system.n_atoms, "final energy mdsens FIRE vs FIRE 2.0",
+                       f1["energy"], (f1["energy"] - md["energy"]) / abs(md["energy"])))
     e_md = md["energy"]
     checks.append((name, system.n_atoms, "start energy mdsens", e0_md, None))
     if lmp_runs:
@@ -530,7 +531,7 @@ def print_tables(rows, checks):
 
     print("\n## Ratios (same run; median wall time; in parentheses: per step)")
     print("| system | N | mdsens / LAMMPS | mdsens / ASE | 2× LAMMPS target "
-          "| mdsens FIRE 2.0 / LAMMPS |")
+          "| mdsens FIRE / LAMMPS |")
     print("|---|---:|---:|---:|---|---:|")
     keys = []
     for r in rows:
@@ -550,7 +551,7 @@ def print_tables(rows, checks):
 
         rl, ql = ratio("LAMMPS")
         ra, _ = ratio("ASE")
-        rf, _ = ratio("LAMMPS", md=by.get("mdsens FIRE 2.0"))
+        rf, _ = ratio("LAMMPS", md=by.get("mdsens FIRE"))
         target = "–" if ql is None else ("met" if ql <= 2.0 else "NOT met")
         print(f"| {s} | {n} | {rl} | {ra} | {target} | {rf} |")
 
@@ -583,8 +584,8 @@ def main(argv=None) -> None:
                                                              "/tmp/lmpvenv/bin/python"))
     p.add_argument("--no-lammps", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile mdsens on the first fcc size")
-    p.add_argument("--no-fire2", dest="fire2", action="store_false",
-                   help="skip the extra mdsens runs with method='fire2' (FIRE 2.0)")
+    p.add_argument("--no-fire1", dest="fire1", action="store_false",
+                   help="skip the extra mdsens runs with method='fire' (the original FIRE)")
     args = p.parse_args(argv)
     if args.sizes is None:
         args.sizes = [4000] if args.quick else [4000, 32000]
@@ -627,7 +628,8 @@ def main(argv=None) -> None:
             start = ka_random(args.glass_n, rng)
             model = build(start, pot)
             t0 = time.perf_counter()
-            pre = relax(start, model, fmax=args.glass_prerelax, max_steps=100_000)
+            pre = relax(start, model, fmax=args.glass_prerelax, max_steps=100_000,
+                        method="fire")  # the start of every recorded run
             t_pre = time.perf_counter() - t0
             print(f"\nglass pre-relaxation (mdsens FIRE from uniform random, to max|F| ≤ "
                   f"{args.glass_prerelax:g}): {pre.steps} steps, {t_pre:.1f} s incl. compile")
