@@ -114,6 +114,16 @@ def _cap(dq: PyTree, max_step: float | None) -> PyTree:
     return tree_map(lambda x: x * scale.astype(x.dtype), dq)
 
 
+def _fire_start(q: PyTree, force_fn: ForceFn, dt_start: float, alpha_start: float
+                ) -> tuple:
+    """The fields of :class:`FireState` at the start ``q``: at rest, ``dt_start``,
+    ``alpha_start``, no steps since a negative power."""
+    e, f, aux = force_fn(q)
+    dtype = jnp.result_type(*tree_leaves(q))
+    return (q, tree_map(jnp.zeros_like, q), f, e, aux, jnp.asarray(dt_start, dtype),
+            jnp.asarray(alpha_start, dtype), jnp.zeros((), jnp.int32))
+
+
 def fire(
     dt_start: float,
     dt_max: float,
@@ -147,18 +157,7 @@ def fire(
     """
 
     def init(q: PyTree, force_fn: ForceFn) -> FireState:
-        e, f, aux = force_fn(q)
-        dtype = jnp.result_type(*tree_leaves(q))
-        return FireState(
-            q,
-            tree_map(jnp.zeros_like, q),
-            f,
-            e,
-            aux,
-            jnp.asarray(dt_start, dtype),
-            jnp.asarray(alpha_start, dtype),
-            jnp.zeros((), jnp.int32),
-        )
+        return FireState(*_fire_start(q, force_fn, dt_start, alpha_start))
 
     def step(state: FireState, force_fn: ForceFn) -> tuple[FireState, tuple]:
         q, v, f, _, _, dt, alpha, n_pos = state
@@ -234,19 +233,8 @@ def fire2(
     dt_floor = 0.02 * dt_start if dt_min is None else dt_min
 
     def init(q: PyTree, force_fn: ForceFn) -> Fire2State:
-        e, f, aux = force_fn(q)
-        dtype = jnp.result_type(*tree_leaves(q))
-        return Fire2State(
-            q,
-            tree_map(jnp.zeros_like, q),
-            f,
-            e,
-            aux,
-            jnp.asarray(dt_start, dtype),
-            jnp.asarray(alpha_start, dtype),
-            jnp.zeros((), jnp.int32),
-            jnp.zeros((), jnp.int32),
-        )
+        return Fire2State(*_fire_start(q, force_fn, dt_start, alpha_start),
+                          jnp.zeros((), jnp.int32))
 
     def step(state: Fire2State, force_fn: ForceFn) -> tuple[Fire2State, tuple]:
         q, v, f, _, _, dt, alpha, n_pos, n_steps = state

@@ -53,7 +53,14 @@ import numpy as np
 from jax_md import partition, space
 
 from . import _cell_search
-from .potentials.base import Array, Geometry, Params, Potential, pair_param
+from .potentials.base import (
+    Array,
+    Geometry,
+    Params,
+    Potential,
+    fractional_near,
+    pair_param,
+)
 from .potentials.pair import PairPotential, symmetrized
 from .system import System
 
@@ -103,13 +110,13 @@ jax.tree_util.register_dataclass(
 def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
     r""":attr:`Neighbors.images` for the list ``idx`` built at fractional positions ``X``.
 
-    With :math:`S = R C^{-1}` made continuous around ``X`` (:math:`S - \mathrm{round}(S -
-    X)`; what the energy does at every step), neighbour j's image nearest to i is
-    :math:`S_j + n` with :math:`n = -\mathrm{round}(S_j - S_i)`.
+    With :math:`S` the fractional positions made continuous around ``X``
+    (:func:`~mdsens.md.potentials.base.fractional_near`, as the energy takes them at every
+    step), neighbour j's image nearest to i is :math:`S_j + n` with
+    :math:`n = -\mathrm{round}(S_j - S_i)`.
     """
     n, d = X.shape
-    S = R_s @ jnp.linalg.inv(C_s)
-    S = S - jnp.round(S - X)
+    S = fractional_near(R_s, C_s, X)
     mask = idx < n
     j = jnp.where(mask, idx, 0)
     code = jnp.zeros(idx.shape, jnp.int32)
@@ -368,7 +375,7 @@ class EnergyModel:
                 if nlist.cell_list_fn is not None:
                     self._search_template["list"] = nlist
             images = None
-            if self._images_fit(np.asarray(C_s)):
+            if not bool(self._too_narrow_for_images(C_s)):
                 images = _image_slots_jit(X, C_s, R_s, nlist.idx)
             return Neighbors(nlist, C_s, images)
         with _quiet_jax_md():
@@ -376,12 +383,14 @@ class EnergyModel:
             nlist = self._stable(nlist)
         return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype))
 
-    def _images_fit(self, C_s: np.ndarray) -> bool:
-        """Whether a list in cell ``C_s`` may carry :attr:`Neighbors.images`: every
-        perpendicular width at least ``2 reach``, so that at most one image of an atom is
-        within ``reach`` of another (then the image nearest at the rebuild is the one that
-        can come within the cutoff before the next rebuild)."""
-        return bool(np.all(_widths(C_s) >= 2.0 * (self.cutoff + self.skin)))
+    def _too_narrow_for_images(self, C_s: Array) -> Array:
+        """True (``bool`` scalar array; jit-able) if a list in cell ``C_s`` may not carry
+        :attr:`Neighbors.images`. Images need every perpendicular width at least
+        ``2 reach``: then at most one image of an atom is within ``reach`` of another, and
+        the image nearest at the rebuild is the one that can come within the cutoff before
+        the next rebuild."""
+        widths = 1.0 / jnp.linalg.norm(jnp.linalg.inv(C_s), axis=0)
+        return jnp.any(widths < 2.0 * (self.cutoff + self.skin))
 
     def _allocate_by_search(
         self, X: Array, C_s: Array, extra_capacity: int
@@ -470,10 +479,9 @@ class EnergyModel:
         else:
             def search_with_images():
                 new = search()
-                # images need a cell at least 2 reach wide: otherwise flag the list for
-                # reallocation (allocate then gives one without images)
-                narrow = jnp.any(1.0 / jnp.linalg.norm(jnp.linalg.inv(C_s), axis=0)
-                                 < 2.0 * (self.cutoff + self.skin))
+                # a cell too narrow for images flags the list for reallocation (allocate
+                # then gives one without images)
+                narrow = self._too_narrow_for_images(C_s)
                 new = new.set(error=new.error.update(_PEC.CELL_SIZE_TOO_SMALL, narrow))
                 return new, _image_slots(X, C_s, R_s, new.idx)
 

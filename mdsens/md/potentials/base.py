@@ -209,9 +209,7 @@ class Geometry:
         slots, X_ref = self.images
         R, C = self.positions, self.cell
         n, d = R.shape
-        S = R @ jnp.linalg.inv(C)
-        S = S - jnp.round(_stop(S - X_ref))
-        Rc = S @ C
+        Rc = fractional_near(R, C, X_ref) @ C
         shifts = jnp.asarray(image_shifts(d), R.dtype) @ C  # (3^d, d)
         n_images = shifts.shape[0]
         far = _stop(jnp.max(Rc, axis=0)) + self.pad_distance
@@ -230,6 +228,14 @@ class Geometry:
                                 species_src[sl])
 
         return gather
+
+
+def fractional_near(R: Array, cell: Array, reference: Array) -> Array:
+    r"""Fractional coordinates :math:`S = R C^{-1}`, each row moved by a lattice vector to
+    lie within half a cell of ``reference`` (:math:`S - \mathrm{round}(S - X)`): continuous
+    in R between neighbour-list rebuilds, whichever way the positions are wrapped."""
+    S = R @ jnp.linalg.inv(cell)
+    return S - jnp.round(_stop(S - reference))
 
 
 def image_shifts(dim: int) -> np.ndarray:
