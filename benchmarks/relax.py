@@ -573,6 +573,8 @@ def main(argv=None) -> None:
                    help="timed runs for fcc N > 4000 and the glass (default 1: time budget)")
     p.add_argument("--fmax", type=float, default=1e-8)
     p.add_argument("--no-glass", action="store_true")
+    p.add_argument("--no-fcc", action="store_true",
+                   help="time the glass only (its start stays the one of a full run)")
     p.add_argument("--glass-n", type=int, default=4000)
     p.add_argument("--glass-prerelax", type=float, default=1.0,
                    help="max|F| of the untimed mdsens pre-relaxation of the random glass start")
@@ -613,7 +615,9 @@ def main(argv=None) -> None:
     ase_steps_full = None
     with tempfile.TemporaryDirectory() as workdir:
         for i, n in enumerate(sorted(args.sizes)):
-            system = fcc(n, rng)
+            system = fcc(n, rng)  # drawn even with --no-fcc: the glass start follows
+            if args.no_fcc:
+                continue
             if args.no_ase:
                 mode = None
             else:

@@ -15,6 +15,7 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 from mdsens.md import System, build, potentials
 from mdsens.md import model as model_module
 from mdsens.md._cell_search import dense_search
+from mdsens.md.potentials.base import image_shifts
 
 jax.config.update("jax_enable_x64", True)
 
@@ -50,6 +51,32 @@ def test_dense_search_matches_brute_force_in_a_skewed_cell():
         listed = row[row < len(atoms)]
         assert len(set(listed)) == len(listed)
         assert np.all(row[len(listed):] == len(atoms))
+
+
+def test_dense_search_image_slots_give_the_minimum_image_vectors():
+    """With ``images=True`` the same list comes back, and slot ``j + N t`` (image shift
+    ``image_shifts(3)[t]``) reproduces ASE's pair vector R_j + n·C − R_i for every pair."""
+    atoms = _random_atoms(seed=4)
+    n, reach = len(atoms), 2.0
+    grid = tuple(int(w // reach) for w in _widths(CELL))
+    X = jnp.asarray(atoms.get_scaled_positions(wrap=True))
+    search = jax.jit(dense_search, static_argnums=(2, 3, 4, 5, 6))
+    plain = search(X, jnp.asarray(CELL), grid, 40, 40, reach)
+    idx, *flags, slots = search(X, jnp.asarray(CELL), grid, 40, 40, reach, True)
+    np.testing.assert_array_equal(idx, plain[0])
+    assert not any(bool(f) for f in flags)
+    idx, slots = np.asarray(idx), np.asarray(slots)
+    assert np.all((slots == n * 27) == (idx == n))
+    shifts = image_shifts(3) @ CELL
+    R = np.asarray(X) @ CELL
+    i, j, D = ase_neighbor_list("ijD", atoms, reach)
+    expected = {(a, b, *np.round(v, 9)) for a, b, v in zip(i, j, D, strict=True)}
+    rows, cols = np.nonzero(idx < n)
+    jj, t = slots[rows, cols] % n, slots[rows, cols] // n
+    np.testing.assert_array_equal(jj, idx[rows, cols])
+    vectors = R[jj] + shifts[t] - R[rows]
+    got = {(a, b, *np.round(v, 9)) for a, b, v in zip(rows, jj, vectors, strict=True)}
+    assert got == expected and len(got) > 5 * n
 
 
 def test_dense_search_flags_overflow_and_too_small_cells():

@@ -459,31 +459,33 @@ class EnergyModel:
         rebuild = self._needs_rebuild(X, C_s, nbrs)
         kw = {"box": _nl_box(C_s)} if self.periodic else {}
         old = nbrs.nlist
+        with_images = nbrs.images is not None
         if self.periodic and old.cell_list_fn is not None:
             def search():
                 grid = _cell_search.grid_shape(old.cell_size, self.dim)
-                idx, list_over, cell_over, too_small = _cell_search.dense_search(
+                idx, list_over, cell_over, too_small, *slots = _cell_search.dense_search(
                     X, C_s, grid, old.cell_list_capacity, old.idx.shape[-1],
-                    self.cutoff + self.skin)
+                    self.cutoff + self.skin, images=with_images)
                 err = old.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, list_over)
                 err = err.update(_PEC.CELL_LIST_OVERFLOW, cell_over)
                 err = err.update(_PEC.CELL_SIZE_TOO_SMALL, too_small)
-                return old.set(idx=idx, reference_position=X, error=err)
+                new = old.set(idx=idx, reference_position=X, error=err)
+                return new, (slots[0] if with_images else None)
         else:
             def search():
                 with _quiet_jax_md():
-                    return old.update(X, **kw)
-        if nbrs.images is None:
-            nlist = jax.lax.cond(rebuild, search, lambda: old)
+                    new = old.update(X, **kw)
+                return new, (_image_slots(X, C_s, R_s, new.idx) if with_images else None)
+        if not with_images:
+            nlist = jax.lax.cond(rebuild, lambda: search()[0], lambda: old)
             images = None
         else:
             def search_with_images():
-                new = search()
+                new, slots = search()
                 # a cell too narrow for images flags the list for reallocation (allocate
                 # then gives one without images)
                 narrow = self._too_narrow_for_images(C_s)
-                new = new.set(error=new.error.update(_PEC.CELL_SIZE_TOO_SMALL, narrow))
-                return new, _image_slots(X, C_s, R_s, new.idx)
+                return new.set(error=new.error.update(_PEC.CELL_SIZE_TOO_SMALL, narrow)), slots
 
             nlist, images = jax.lax.cond(rebuild, search_with_images,
                                          lambda: (old, nbrs.images))

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_numbers
 
+
 Array = jax.Array
 Params = dict[str, Array]
 
@@ -158,9 +159,6 @@ class Geometry:
 
         sources = [padded(X[:, k]) for k in range(d)] if by_component else padded(X)
         species_src = padded(self.species)
-        # materialise the padded copies: fused into the gathers, the concatenation would
-        # be re-evaluated per gathered element
-        sources, species_src = jax.lax.optimization_barrier((sources, species_src))
 
         def gather(rows: Array | None) -> Neighborhood:
             idx = self.idx if rows is None else self.idx[rows]
@@ -264,6 +262,9 @@ def as_param(value: Any) -> Array:
     return jnp.asarray(arr)
 
 
+_SELECT_SPECIES_MAX = 4  # above: one gather per slot and parameter
+
+
 def pair_param(value: Array, species_i: Array, species_j: Array) -> Array:
     r"""Per-pair value of a parameter: scalar as is, ``(S, S)`` matrix as ``P[s_i, s_j]``.
 
@@ -277,9 +278,17 @@ def pair_param(value: Array, species_i: Array, species_j: Array) -> Array:
     if jnp.ndim(value) == 0:
         return value
     n_species = value.shape[-1]
-    # one 1-D gather from the flattened table (faster on CPU than a 2-D gather, and than
-    # a chain of selects once the table is traced)
-    return value.reshape(-1)[species_i[:, None] * n_species + species_j]
+    if n_species > _SELECT_SPECIES_MAX:
+        # one 1-D gather from the flattened table (faster on CPU than a 2-D gather)
+        return value.reshape(-1)[species_i[:, None] * n_species + species_j]
+    # row i's S values P[s_i, :] (one gather per atom), then per slot a chain of S - 1
+    # selects on s_j: elementwise and vectorised, ≈ 20 % of a Kob–Andersen force
+    # evaluation faster on CPU than one gather per slot and parameter
+    rows = value[species_i]  # (N, S)
+    out = jnp.broadcast_to(rows[:, :1], species_j.shape)
+    for t in range(1, n_species):
+        out = jnp.where(species_j == t, rows[:, t:t + 1], out)
+    return out
 
 
 def _species_key(symbol: str) -> tuple[int, str]:
