@@ -20,8 +20,9 @@ over K: its word is the number of words whose inclusive popcount prefix is ≤ k
 comparisons over the short word axis), then a rank-select inside that word (popcounts of
 masked words). Everything is elementwise integer work and a few gathers per output slot,
 the kind of program XLA:CPU runs fast; at N = 4000 (Kob–Andersen glass, 151 slots per
-atom) a rebuild with image slots takes ≈ 35 ms, against ≈ 90 ms for a per-atom candidate
-search with a binary search over words and ≈ 450 ms for jax-md's scatter compaction.
+atom, one core) a rebuild with image slots takes ≈ 27 ms, against ≈ 95 ms for a per-atom
+candidate search with a binary search over words and ≈ 0.5 s for jax-md's scatter
+compaction.
 
 Neighbours come out ordered by (cell, atom index) rather than by index; the set is exactly
 jax-md's (tested).
