@@ -446,18 +446,24 @@ def _rule_and_plain_energies():
 def test_blocked_energy_and_force_matches_plain_autodiff(monkeypatch):
     """The blocked, per-component form used above CHUNKED_ABOVE atoms (forced here on 256
     internal atoms, blocks of 100: the last block partly repeats rows) gives the same
-    energy, forces and Hessian-vector products as plain differentiation."""
+    energy, forces, Hessian-vector products, cell gradient (from the virial) and its
+    second derivatives as plain differentiation."""
     from mdsens.md.potentials import pair
 
     monkeypatch.setattr(pair, "CHUNKED_ABOVE", 0)
     monkeypatch.setattr(pair, "ROW_CHUNK", 100)
     R, C, P, custom, plain = _rule_and_plain_energies()
     v = jax.random.normal(jax.random.PRNGKey(1), R.shape)
+    w = jax.random.normal(jax.random.PRNGKey(2), C.shape)
 
     def checks(E):
         value, grad = jax.value_and_grad(E)(R, C, P)
         hvp = jax.jvp(lambda x: jax.grad(E)(x, C, P), (R,), (v,))[1]
-        return [value, grad, hvp]
+        # the cell gradient (virial rule) and its derivatives along a cell direction
+        grad_C = jax.grad(E, 1)(R, C, P)
+        cell_cell = jax.jvp(lambda c: jax.grad(E, 1)(R, c, P), (C,), (w,))[1]
+        cell_pos = jax.jvp(lambda c: jax.grad(E)(R, c, P), (C,), (w,))[1]
+        return [value, grad, hvp, grad_C, cell_cell, cell_pos]
 
     got, ref = jax.jit(lambda: checks(custom))(), jax.jit(lambda: checks(plain))()
     assert got[1].shape == R.shape
@@ -468,8 +474,9 @@ def test_blocked_energy_and_force_matches_plain_autodiff(monkeypatch):
 def test_image_slots_give_the_minimum_image_energy_and_forces(monkeypatch):
     """Blocked forces read from the list's periodic images (forced on 256 atoms) equal the
     minimum-image ones: rattled, with atoms re-wrapped by lattice vectors, after a
-    rebuild at moved positions and in a strained cell. A cell narrower than 2 reach gets no
-    images (and a rebuild into one flags the list for reallocation)."""
+    rebuild at moved positions and in a strained cell; so do the cell gradients. A cell
+    narrower than 2 reach gets no images (and a rebuild into one flags the list for
+    reallocation)."""
     import dataclasses
 
     from mdsens.md.potentials import pair
@@ -490,11 +497,17 @@ def test_image_slots_give_the_minimum_image_energy_and_forces(monkeypatch):
     assert nbrs.images is not None
     vg = jax.jit(jax.value_and_grad(model.energy), static_argnums=())
 
+    grad_C = jax.jit(jax.grad(model.energy, 1))
+
     def check(R, C, nb):
         e, gr = vg(R, C, None, nb)
         e0, g0 = vg(R, C, None, dataclasses.replace(nb, images=None))
         np.testing.assert_allclose(float(e), float(e0), rtol=1e-13)
         np.testing.assert_allclose(np.asarray(gr), np.asarray(g0), atol=1e-12)
+        np.testing.assert_allclose(np.asarray(grad_C(R, C, None, nb)),
+                                   np.asarray(grad_C(R, C, None,
+                                                     dataclasses.replace(nb, images=None))),
+                                   atol=1e-10)
 
     check(R, C, nbrs)
     check(R.at[::3].add(C[0]).at[1::5].add(-C[2] + C[1]), C, nbrs)  # re-wrapped atoms
@@ -530,7 +543,8 @@ def test_lj_r2_form_is_jax_md_lj():
 def test_pair_energy_gradient_rule_matches_plain_autodiff():
     """The scatter-free position gradient of pair potentials (a custom_jvp) gives the same
     forces, stress, parameter gradient, Hessian-vector products (forward over reverse),
-    mixed position-parameter derivatives and reverse-over-reverse products as plain
+    mixed position-parameter derivatives, reverse-over-reverse products, the cell Hessian
+    and the cell-parameter derivatives as plain
     differentiation of the same energy (binary LJ, per-pair σ, replicated small cell)."""
     R, C, P, custom, plain = _rule_and_plain_energies()
     v = jax.random.normal(jax.random.PRNGKey(0), R.shape)
@@ -541,8 +555,10 @@ def test_pair_energy_gradient_rule_matches_plain_autodiff():
         mixed = jax.jvp(lambda s: jax.grad(E)(R, C, {**P, "sigma": s}), (P["sigma"],),
                         (jnp.asarray([[0.0, 1.0], [0.0, 0.0]]),))[1]
         rev_rev = jax.grad(lambda x: jnp.sum(jax.grad(E)(x, C, P) * v))(R)
+        cell_cell = jax.hessian(E, 1)(R, C, P)
+        cell_param = jax.jacfwd(jax.grad(E, 1), 2)(R, C, P)["sigma"]
         return [E(R, C, P), jax.grad(E)(R, C, P), jax.grad(E, 1)(R, C, P),
-                jax.grad(E, 2)(R, C, P)["sigma"], hvp, mixed, rev_rev]
+                jax.grad(E, 2)(R, C, P)["sigma"], hvp, mixed, rev_rev, cell_cell, cell_param]
 
     got, ref = jax.jit(lambda: checks(custom))(), jax.jit(lambda: checks(plain))()
     grad_sigma = got[3]

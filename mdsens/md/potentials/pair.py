@@ -101,8 +101,9 @@ class PairPotential(Potential):
         unnecessary: :math:`\partial E/\partial R_i = -\sum_m \phi'(r_{im})\,\hat
         d_{im}` from atom i's own row (the mirrored entry of each pair carries the other
         half). This rule supplies that gradient through a ``custom_jvp``, so forces,
-        Hessian-vector products (forward over reverse) and higher derivatives all use it;
-        derivatives with respect to the cell and the parameters are plain forward mode.
+        Hessian-vector products (forward over reverse) and higher derivatives all use it.
+        The cell derivative comes from the virial of the same pass; derivatives with
+        respect to the parameters are plain forward mode.
         """
         return _pair_total_energy(self, geometry.pad_distance, params, geometry.positions,
                                   geometry.cell, geometry.species, geometry.idx,
@@ -156,9 +157,13 @@ constants and their parameter derivatives) quick to compile."""
 CHUNKED_ABOVE = 1024
 
 
-def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, images=None):
+def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, images=None,
+                                  virial=False):
     r"""Energy and :math:`\partial E/\partial R_i = -\sum_m \phi'(r_{im})\,\hat d_{im}`
-    from each atom's own row of the full list, evaluated ``ROW_CHUNK`` rows at a time.
+    from each atom's own row of the full list, evaluated ``ROW_CHUNK`` rows at a time, and
+    with ``virial`` (static) also :math:`W = \tfrac12 \sum_{i,m} \phi'(r_{im})\,
+    d_{im} \otimes d_{im} / r_{im}` (``(d, d)``; :math:`\partial E/\partial\epsilon` of a
+    homogeneous strain :math:`R \to R(I + \epsilon)`, :math:`C \to C(I + \epsilon)`).
     Blocked evaluations of periodic lists with image slots read the displacements from
     the images (``Geometry.image_neighborhood_fn``), the others take the minimum image."""
     n, d = R.shape
@@ -168,6 +173,7 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
     rows = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
     geometry = Geometry(R, cell, species, idx, pad, images)
     sym = symmetrized(params)
+    pairs = [(k, m) for k in range(d) for m in range(k, d)]  # the virial's upper triangle
 
     if blocked and images is not None and cell is not None:
         neighborhood = geometry.image_neighborhood_fn()
@@ -197,32 +203,57 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
         coef = materialize(coef, nb.idx[0, 0])
         e_rows = 0.5 * jnp.sum(e_pair, axis=1)
         grad = -jnp.stack([jnp.sum(coef * nb.dR[..., k], axis=1) for k in range(d)], -1)
-        return e_rows, grad
+        if not virial:
+            return e_rows, grad
+        w_rows = jnp.stack([0.5 * jnp.sum(coef * nb.dR[..., k] * nb.dR[..., m], axis=1)
+                            for k, m in pairs], -1)
+        return e_rows, grad, w_rows
 
     if n_chunks == 1:
-        e_rows, grad = block(None)
-        return jnp.sum(e_rows), grad
-    e_rows, grad = jax.lax.map(block, rows)
-    real = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)  # drop repeated rows
-    energy = jnp.sum(jnp.where(real, e_rows, 0.0))
-    return energy, grad.reshape(n_chunks * chunk, d)[:n]
+        out = block(None)
+        real = jnp.ones((n,), bool)
+    else:
+        out = jax.lax.map(block, rows)
+        real = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)  # repeated rows
+    energy = jnp.sum(jnp.where(real, out[0], 0.0))
+    grad = out[1].reshape(n_chunks * chunk, d)[:n]
+    if not virial:
+        return energy, grad
+    w = jnp.sum(jnp.where(real[..., None], out[2], 0.0).reshape(-1, len(pairs)), axis=0)
+    W = jnp.zeros((d, d), R.dtype)
+    for q, (k, m) in enumerate(pairs):
+        W = W.at[k, m].set(w[q]).at[m, k].set(w[q])
+    return energy, grad, W
 
 
 def _pair_total_energy_jvp(pot, pad, primals, tangents):
+    r"""Tangent of the energy from the row-wise gradient.
+
+    Positions: :math:`\sum_i \partial E/\partial R_i \cdot \dot R_i`. Cell, at fixed
+    Cartesian positions (pair vectors :math:`d = R_j - R_i + n C`, n integer):
+    :math:`\partial E/\partial C = C^{-\top} W - (R C^{-1})^\top \partial E/\partial R`
+    with W the virial, so a stress or a cell step costs one pass over the list instead of
+    forward mode through all of it. Parameters: forward mode through the plain energy.
+    """
     params, R, cell, species, idx, images = primals
     params_dot, R_dot, cell_dot = tangents[:3]
-    if isinstance(R_dot, SymbolicZero):
+    with_cell = cell is not None and not _is_zero(cell_dot)
+    if isinstance(R_dot, SymbolicZero) and not with_cell:
         energy = _plain_total_energy(pot, pad, params, R, cell, species, idx)
         tangent = jnp.zeros_like(energy)
     else:
-        energy, grad_R = _energy_and_position_gradient(pot, pad, params, R, cell, species, idx,
-                                                       images)
-        tangent = jnp.sum(grad_R * R_dot)
-    if not (_is_zero(params_dot) and (cell is None or _is_zero(cell_dot))):
-        rest = (params, cell)
-        rest_dot = (_instantiate(params_dot), None if cell is None else _instantiate(cell_dot))
-        _, t = jax.jvp(lambda pr, c: _plain_total_energy(pot, pad, pr, R, c, species, idx),
-                       rest, rest_dot)
+        energy, grad_R, *virial = _energy_and_position_gradient(
+            pot, pad, params, R, cell, species, idx, images, virial=with_cell)
+        tangent = jnp.zeros_like(energy)
+        if not isinstance(R_dot, SymbolicZero):
+            tangent = tangent + jnp.sum(grad_R * R_dot)
+        if with_cell:
+            inv = jnp.linalg.inv(cell)
+            grad_C = inv.T @ virial[0] - (R @ inv).T @ grad_R
+            tangent = tangent + jnp.sum(grad_C * cell_dot)
+    if not _is_zero(params_dot):
+        _, t = jax.jvp(lambda pr: _plain_total_energy(pot, pad, pr, R, cell, species, idx),
+                       (params,), (_instantiate(params_dot),))
         tangent = tangent + t
     return energy, tangent
 
