@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# test processes (pytest-xdist): tests are mostly single-threaded JIT compilation
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-all lint bench clean install
 
@@ -20,10 +22,10 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=15
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mdsens tests benchmarks examples

@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_numbers
 
-
 Array = jax.Array
 Params = dict[str, Array]
 
