@@ -61,6 +61,35 @@ def test_relax_batch_equals_serial_relax(relax_cell, rng):
     assert batch[0].nbrs.nlist.idx.shape[-1] > small.nlist.idx.shape[-1]  # reallocated
 
 
+def test_members_whose_lists_cannot_share_a_layout_relax_alone(rng, monkeypatch):
+    """Start cells so different that their neighbour lists have different cell-list grids
+    cannot be stacked: every member falls back to a serial relax and ends exactly as one
+    (state, steps, status)."""
+    system = System.from_ase(read_structure(STRUCTURE))
+    model = build(system, _pot(), neighbor_list=True)
+    R = np.asarray(system.positions) + 0.2 * rng.standard_normal((32, 3))
+    starts = [system.replace(positions=R),
+              system.replace(positions=0.85 * R, cell=0.85 * np.asarray(system.cell))]
+    cells = {np.asarray(model.allocate(s.positions, s.cell).nlist.cell_size).tobytes()
+             for s in starts}
+    assert len(cells) == 2  # the fallback is the path under test
+    opts = dict(fmax=1e-6, max_steps=3000, on_failure="ignore")
+    from mdsens.md import _batch
+
+    handed = []  # the members relax_batch hands to the serial relax
+    monkeypatch.setattr(_batch._min, "relax",
+                        lambda system, *a, **k: handed.append(system) or relax(system, *a, **k))
+    batch = relax_batch(starts, model, [dict(model.params)] * 2, **opts)
+    assert handed == starts
+    serial = [relax(s, model, **opts) for s in starts]
+    for b, s in zip(batch, serial, strict=True):
+        assert (b.status, b.steps) == (s.status, s.steps)
+        np.testing.assert_allclose(b.system.positions, s.system.positions, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(b.energy, s.energy, rtol=1e-14)
+    assert [r.status for r in batch] == [Status.CONVERGED] * 2
+    assert min(r.steps for r in batch) > 10
+
+
 def test_relax_batch_rejects_mixed_members():
     system = System.from_ase(read_structure(STRUCTURE))
     pot = _pot()
