@@ -158,3 +158,23 @@ def test_second_allocation_by_search_equals_jax_md(monkeypatch):
         assert set(a[a < n]) == set(b[b < n])
     assert searched.nlist.max_occupancy == reference.nlist.max_occupancy
     assert not model.overflowed(searched)
+
+
+def test_dense_search_in_two_dimensions_matches_brute_force():
+    """A skewed 2-D cell: every (i, j, image) within reach, by all pairs and all 9 images."""
+    rng = np.random.default_rng(5)
+    cell = np.array([[12.0, 0.0], [3.0, 10.5]])
+    n, reach = 300, 2.2
+    X = rng.random((n, 2))
+    grid = tuple(int(w // reach) for w in _widths(cell))
+    search = jax.jit(dense_search, static_argnums=(2, 3, 4, 5, 6))
+    idx, *flags, slots = search(jnp.asarray(X), jnp.asarray(cell), grid, 40, 80, reach, True)
+    assert not any(bool(f) for f in flags)
+    R = X @ cell
+    d = (R[None, :, None, :] + (image_shifts(2) @ cell)[None, None] - R[:, None, None, :])
+    i, j, t = np.nonzero((np.linalg.norm(d, axis=-1) < reach)
+                         & ~np.eye(n, dtype=bool)[..., None])
+    idx, slots = np.asarray(idx), np.asarray(slots)
+    rows, cols = np.nonzero(idx < n)
+    got = set(zip(rows, slots[rows, cols] % n, slots[rows, cols] // n, strict=True))
+    assert got == set(zip(i, j, t, strict=True)) and len(got) > 5 * n
