@@ -68,3 +68,22 @@ def test_jit_while_loop_and_scatter_add_match_numpy():
     x = rng.normal(size=7)
     expected = x * sum(0.9**k for k in range(30))
     np.testing.assert_allclose(jax.jit(power_sum)(x), expected, rtol=1e-12)
+
+
+def test_materialize_keeps_one_buffer_on_cpu():
+    """``mdsens.md._fusion.materialize`` returns its input unchanged and, on CPU, compiles
+    to a conditional (whose result is a buffer read by both consumers) that XLA keeps: a
+    conditional with two identical branches would be simplified away."""
+    from mdsens.md._fusion import materialize
+
+    def f(x, i, use):
+        y = jnp.sin(x) * 3.0
+        y = use(y, i[0])
+        return y[i] + y[i + 1]
+
+    x, i = jnp.linspace(0.0, 1.0, 100), jnp.arange(10)
+    expected = f(x, i, lambda y, _: y)
+    np.testing.assert_array_equal(jax.jit(lambda x, i: f(x, i, materialize))(x, i), expected)
+    if jax.default_backend() == "cpu":
+        kept = jax.jit(lambda x, i: f(x, i, materialize)).lower(x, i).compile().as_text()
+        assert "conditional" in kept
