@@ -38,9 +38,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["grid_shape", "dense_search", "max_neighbors"]
+from .potentials.base import image_index, image_shifts
+
+__all__ = ["grid_shape", "perpendicular_widths", "dense_search", "max_neighbors"]
 
 Array = jax.Array
+
+
+def perpendicular_widths(cell):
+    """Perpendicular widths ``1 / |column k of inv(cell)|`` of a row-vector cell: the
+    distances between opposite faces. Numpy in, numpy out (host-side checks in float64);
+    otherwise jax (traceable)."""
+    xp = np if isinstance(cell, np.ndarray) else jnp
+    return 1.0 / xp.linalg.norm(xp.linalg.inv(cell), axis=0)
 
 
 def grid_shape(fractional_cell_size, dim: int) -> tuple[int, ...]:
@@ -57,7 +67,7 @@ def _adjacent_cells(grid: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     ``image_shifts(d)[t]``: the last axis varies fastest)."""
     g = np.array(grid)
     cells = np.array(list(itertools.product(*(range(n) for n in grid))))
-    offsets = np.array(list(itertools.product(*([(-1, 0, 1)] * len(grid)))))
+    offsets = image_shifts(len(grid)).astype(np.int64)
     raw = cells[:, None, :] + offsets[None]
     wrapped = raw % g
     ids = np.ravel_multi_index(tuple(wrapped[..., k] for k in range(len(grid))), grid)
@@ -179,14 +189,13 @@ def dense_search(
     real = jnp.arange(max_neighbors, dtype=jnp.int32)[None, :] < total[:, None]
     n_cand = table.shape[1]
     flat = cid[:, None] * n_cand + jnp.clip(pos, 0, n_cand - 1)
-    widths = 1.0 / jnp.linalg.norm(jnp.linalg.inv(cell), axis=0)
-    too_small = jnp.any(widths / np.array(grid) < reach)
+    too_small = jnp.any(perpendicular_widths(cell) / np.array(grid) < reach)
     flags = (jnp.max(total) > max_neighbors, jnp.max(count) > cell_capacity, too_small)
     if not images:
         return (jnp.where(real, table.reshape(-1)[flat], n), *flags)
     # one gather from a table of image slots; idx is read back from it
     ids, shifts = _adjacent_cells(tuple(grid))
-    code = (shifts + 1) @ (3 ** np.arange(d)[::-1])  # (n_cells, 3^d): index in image_shifts
+    code = image_index(shifts)  # (n_cells, 3^d)
     slot_table = table + n * jnp.asarray(np.repeat(code, cell_capacity, axis=1), jnp.int32)
     slots = jnp.where(real, slot_table.reshape(-1)[flat], n * 3**d)
     idx = jnp.where(slots < n * 3**d, slots % n, n)

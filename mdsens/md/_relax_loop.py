@@ -39,6 +39,7 @@ from jax import lax
 from jax.custom_batching import custom_vmap
 from jax.tree_util import tree_leaves, tree_map
 
+from ._cell_search import perpendicular_widths
 from ._fire import Minimizer
 
 OVERFLOW = 1
@@ -197,7 +198,7 @@ def trial_flags(spec: LoopSpec, ctx: Context, q: Any, trial: tuple) -> jax.Array
         model = spec.model
         if model.cutoff is not None and model.periodic:
             cell = ctx.cell0 @ U
-            widths = 1.0 / jnp.linalg.norm(jnp.linalg.inv(cell), axis=0)
+            widths = perpendicular_widths(cell)
             reps = jnp.asarray(model.replicas, widths.dtype)
             flags = flags | jnp.where(jnp.all(reps * widths >= 2 * model.cutoff), 0, SMALL_CELL)
     return flags.astype(jnp.int32)

@@ -59,6 +59,7 @@ from .potentials.base import (
     Params,
     Potential,
     fractional_near,
+    image_index,
     pair_param,
 )
 from .potentials.pair import PairPotential, symmetrized
@@ -119,16 +120,9 @@ def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
     S = fractional_near(R_s, C_s, X)
     mask = idx < n
     j = jnp.where(mask, idx, 0)
-    code = jnp.zeros(idx.shape, jnp.int32)
-    for k in range(d):
-        shift = -jnp.round(S[:, k][j] - S[:, k][:, None]).astype(jnp.int32)
-        code = code * 3 + jnp.clip(shift, -1, 1) + 1
+    shift = -jnp.round(S[j] - S[:, None, :]).astype(jnp.int32)  # (N, M, d)
+    code = image_index(jnp.clip(shift, -1, 1))
     return jnp.where(mask, j + n * code, n * 3**d).astype(jnp.int32)
-
-
-def _widths(cell: np.ndarray) -> np.ndarray:
-    """Perpendicular widths ``1 / |column k of inv(cell)|`` of a row-vector cell."""
-    return 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)
 
 
 def _nl_box(cell: Array) -> Array:
@@ -389,8 +383,8 @@ class EnergyModel:
         ``2 reach``: then at most one image of an atom is within ``reach`` of another, and
         the image nearest at the rebuild is the one that can come within the cutoff before
         the next rebuild."""
-        widths = 1.0 / jnp.linalg.norm(jnp.linalg.inv(C_s), axis=0)
-        return jnp.any(widths < 2.0 * (self.cutoff + self.skin))
+        return jnp.any(_cell_search.perpendicular_widths(C_s)
+                       < 2.0 * (self.cutoff + self.skin))
 
     def _allocate_by_search(
         self, X: Array, C_s: Array, extra_capacity: int
@@ -409,7 +403,8 @@ class EnergyModel:
             return None
         reach = self.cutoff + self.skin
         grid = _cell_search.grid_shape(template.cell_size, self.dim)
-        n_min = math.floor(float(np.min(_widths(np.asarray(C_s)))) / reach)
+        widths = _cell_search.perpendicular_widths(np.asarray(C_s))
+        n_min = math.floor(float(np.min(widths)) / reach)
         if any(g != n_min for g in grid):
             return None
         Xn = np.asarray(X)
@@ -555,7 +550,7 @@ def _map_species(system: System, potential: Potential) -> np.ndarray:
 def _replicas(system: System, reach: float | None) -> tuple[int, ...]:
     if not system.is_periodic or reach is None:
         return (1,) * system.dim
-    w = _widths(np.asarray(system.cell, np.float64))
+    w = _cell_search.perpendicular_widths(np.asarray(system.cell, np.float64))
     return tuple(max(1, int(math.ceil(2.0 * reach / wk - 1e-12))) for wk in w)
 
 

@@ -241,6 +241,14 @@ def image_shifts(dim: int) -> np.ndarray:
     return np.array(list(itertools.product(*([(-1, 0, 1)] * dim))), np.float64)
 
 
+def image_index(shift):
+    r"""Row of :func:`image_shifts` for integer lattice shifts ``shift`` (``(..., d)``,
+    entries in {-1, 0, 1}; numpy or jax): :math:`\sum_k (n_k + 1)\, 3^{d-1-k}`."""
+    d = shift.shape[-1]
+    return functools.reduce(lambda t, k: 3 * t + shift[..., k] + 1, range(1, d),
+                            shift[..., 0] + 1)
+
+
 def _stop(x: Array) -> Array:
     """``jax.lax.stop_gradient`` (image shifts are integers: no derivative)."""
     return jax.lax.stop_gradient(x)
