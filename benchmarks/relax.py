@@ -23,13 +23,12 @@ The potential is jax-md's LJ with its C¹ switch from 2.0σ_ij to 2.5σ_ij for e
 
 Minimisers, all to max_i |F_i| ≤ 1e-8 (``--fmax``):
 
-- mdsens: ``relax(system, model, fmax=1e-8)`` with its defaults (FIRE 2.0, the algorithm
-  LAMMPS runs; dt 0.005, dt_max 0.03,
+- mdsens: ``relax(system, model, fmax=1e-8)`` with its defaults (FIRE; dt 0.005, dt_max 0.03,
   max_step 0.1, chunk 1000; neighbour list with skin 0.25σ, capacity ×1.25), the model built
   once with ``mdsens.md.build``. *compile s* is the first call (2 steps: trace + XLA compile +
   list allocation); the timed runs reuse the compiled code (checked via the trace counter).
-- mdsens FIRE (unless ``--no-fire1``): the same call with ``method="fire"``, the original
-  FIRE of Bitzek et al. 2006 (timed interleaved with the others);
+- mdsens ``--other-method`` (default ``fire2``, FIRE 2.0 as LAMMPS runs it; unless
+  ``--no-other``): the same call with that method (timed interleaved with the others);
 - ASE: ``ase.optimize.FIRE(atoms, dt=0.005, dtmax=0.03, maxstep=0.1)`` (note: ASE caps the
   norm of the whole 3N step at maxstep). Timed once in full where N ≤ ``--ase-full-max``
   (default 4000; ``--quick``: 0). Larger systems run ``--ase-est-steps`` steps and the full
@@ -431,15 +430,16 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
     md_runs, lmp_runs, fire1_runs = [], [], []
     if args.fire1:  # compile the original FIRE's loop outside the timed runs
         relax(system, model, fmax=fmax, max_steps=2, on_failure="ignore", nbrs=nbrs0,
-              method="fire")
+              method=args.other_method)
         traces = dict(_relax_loop.TRACE_COUNT)
     repeats = args.repeats if (system.n_atoms <= 4000 and not binary) else args.repeats_large
     for _ in range(repeats):
         md_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0))
         print(f"  mdsens  {md_runs[-1]['wall']:8.2f} s  {md_runs[-1]['steps']} steps", flush=True)
         if args.fire1:
-            fire1_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0, method="fire"))
-            print(f"  mdsens FIRE {fire1_runs[-1]['wall']:8.2f} s  "
+            fire1_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0,
+                                         method=args.other_method))
+            print(f"  mdsens {args.other_method} {fire1_runs[-1]['wall']:8.2f} s  "
                   f"{fire1_runs[-1]['steps']} steps", flush=True)
         if lmp_python:
             lmp_runs.append(run_lammps(lmp_python, data_file, binary, fmax, workdir))
@@ -464,9 +464,10 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
                  note=f"wall includes a fresh allocate ({md_runs[-1]['alloc']:.2f} s); a plain "
                  f"relax(system, model) call took {cold['wall']:.2f} s (recompiles)")
     if fire1_runs:
-        f1 = summary("mdsens FIRE", fire1_runs, None, note="method='fire' (Bitzek et al. "
-                     "2006); wall includes a fresh allocate")
-        checks.append((name, system.n_atoms, "final energy mdsens FIRE vs FIRE 2.0",
+        f1 = summary(f"mdsens {args.other_method}", fire1_runs, None,
+                     note=f"method={args.other_method!r}; wall includes a fresh allocate")
+        checks.append((name, system.n_atoms,
+                       f"final energy mdsens {args.other_method} vs the default",
                        f1["energy"], (f1["energy"] - md["energy"]) / abs(md["energy"])))
     e_md = md["energy"]
     checks.append((name, system.n_atoms, "start energy mdsens", e0_md, None))
@@ -586,8 +587,11 @@ def main(argv=None) -> None:
                                                              "/tmp/lmpvenv/bin/python"))
     p.add_argument("--no-lammps", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile mdsens on the first fcc size")
-    p.add_argument("--no-fire1", dest="fire1", action="store_false",
-                   help="skip the extra mdsens runs with method='fire' (the original FIRE)")
+    p.add_argument("--no-fire1", "--no-other", dest="fire1", action="store_false",
+                   help="skip the extra mdsens runs with --other-method")
+    p.add_argument("--other-method", default="fire2", choices=["fire", "fire2", "gd"],
+                   help="the minimiser of the extra mdsens row (default fire2; the default "
+                   "row is the library's default method)")
     args = p.parse_args(argv)
     if args.sizes is None:
         args.sizes = [4000] if args.quick else [4000, 32000]

@@ -2,8 +2,9 @@
 
 Public API (imported lazily, so that ``import mdsens`` and the command line stay fast):
 
-- ``mdsens.relax(system, potential, ...)``: energy minimisation (FIRE / GD, fixed or
-  relaxing cell) -> ``Relaxation``.
+- ``mdsens.relax(system, potential, RelaxOptions(...))``: energy minimisation (FIRE,
+  FIRE 2.0 / GD, fixed or relaxing cell) -> ``Relaxation``; ``mdsens.relax_batch`` for K
+  parameter sets at once.
 - ``mdsens.sensitivity(system, potential, wrt=..., observables=...)``: derivatives of the
   relaxed state -> ``Sensitivity``.
 - ``mdsens.potentials``: the potential registry (``potentials.get("lj", sigma=3.4)``).
@@ -30,6 +31,8 @@ _LAZY = {
     "potentials": ("mdsens.md.potentials", None),
     "System": ("mdsens.md.system", "System"),
     "relax": ("mdsens.md.minimize", "relax"),
+    "relax_batch": ("mdsens.md.minimize", "relax_batch"),
+    "RelaxOptions": ("mdsens.md.options", "RelaxOptions"),
     "Relaxation": ("mdsens.md.minimize", "Relaxation"),
     "sensitivity": ("mdsens.md.sensitivity", "sensitivity"),
     "Sensitivity": ("mdsens.md.sensitivity", "Sensitivity"),

@@ -334,7 +334,9 @@ def test_sensitivity_pressure_and_exit_1(tmp_path, monkeypatch):
     assert result.exit_code == ExitCode.NOT_CONVERGED, (result.output, result.exception)
     (_, kwargs), = calls
     assert kwargs["pressure"] == 0.002 and kwargs["relax_cell"] is True
-    assert kwargs["relax_options"] == {"pressure": 0.002, "max_steps": 7}
+    options = kwargs["relax_options"]
+    assert (options.pressure, options.max_steps, options.relax_cell) == (0.002, 7, True)
+    assert options.fmax == 1e-8  # the derivative default
     with h5py.File(out, "r") as f:
         assert not bool(f["parameters"].attrs["converged"])
         assert _config(f)["relax_options"]["pressure"] == 0.002

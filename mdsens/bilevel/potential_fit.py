@@ -81,6 +81,7 @@ from ..md._problem import ParamSpec, RootProblem, make_solver, parse_wrt
 from ..md.elastic import relaxed_stiffness
 from ..md.minimize import relax
 from ..md.model import EnergyModel, build
+from ..md.options import DERIVATIVE_DEFAULTS, RelaxOptions
 from ..md.strain import n_voigt
 from ..md.system import System
 
@@ -336,7 +337,7 @@ def fit_potential(
     gtol: float = 1e-10,
     ftol: float = 1e-14,
     fmax: float = 1e-10,
-    relax_options: dict | None = None,
+    relax_options: RelaxOptions | dict | None = None,
     engine: Engine = "compiled",
     tol: float = 1e-12,
     maxiter: int | None = None,
@@ -369,7 +370,8 @@ def fit_potential(
       gtol, ftol: L-BFGS-B's tolerances (``options``), on the log-parameter gradient and on
         the relative loss decrease.
       fmax: force tolerance of each relaxation (eV/Å; the derivatives are only as good as
-        the root); ``relax_options`` go to :func:`~mdsens.md.relax`.
+        the root); ``relax_options``: a :class:`~mdsens.md.RelaxOptions` for every
+        relaxation, or a dict of its fields (over fmax and max_steps 100000).
       engine: ``"compiled"`` (one compiled implicit-derivative function for all steps) or
         ``"sensitivity"`` (:func:`~mdsens.md.sensitivity.sensitivity` at every step).
       tol, maxiter: CG tolerance and iteration cap of the implicit solves.
@@ -411,12 +413,10 @@ def fit_potential(
     theta0 = {k: float(potential.params[k]) for k in wrt}
     u0 = np.log(np.array([theta0[k] for k in wrt]))
     n_atoms = system.n_atoms
-    ropts = {"fmax": fmax, "max_steps": 100000, "on_failure": "ignore"}
-    ropts.update(relax_options or {})
-    # FIRE steps in units of the current τ and ℓ (relax's own convention): the same numbers
-    # at every θ, so every relaxation reuses one compiled loop
-    step_ref = {"dt": ropts.pop("dt", 0.005), "dt_max": ropts.pop("dt_max", 0.03),
-                "max_step": ropts.pop("max_step", 0.1)}
+    # FIRE steps are in units of the current τ and ℓ (relax's own convention) and traced:
+    # every relaxation reuses one compiled loop
+    ropts = RelaxOptions.resolve(relax_options, DERIVATIVE_DEFAULTS.replace(fmax=fmax)
+                                 ).replace(relax_cell=bool(relax_cell))
     # A model whose cutoff covers the fit's range of the length parameter (rebuilt if not).
     state = {"system": system, "potential": potential, "model": None}
     evaluations: list[dict] = []
@@ -454,8 +454,8 @@ def fit_potential(
             start = start.replace(positions=start.positions * ratio, cell=start.cell * ratio)
         model = model_for(start, pot)
         nbrs = state.get("nbrs") if model is state.get("nbrs_model") else None
-        relaxation = relax(start, model, params=pot.params, relax_cell=relax_cell, nbrs=nbrs,
-                           **step_ref, **ropts)
+        relaxation = relax(start, model, ropts, params=pot.params, nbrs=nbrs,
+                           on_failure="ignore")
         if not bool(relaxation.converged):
             message = f"relaxation did not converge at {theta}: {relaxation.message}"
             if on_failure == "raise":

@@ -62,7 +62,7 @@ pressure_option = click.option(
     "--pressure", type=float, default=None, metavar="P",
     help="External pressure for --relax-cell, eV/Å^3 (1 GPa = 6.2415e-3 eV/Å^3).")
 method_option = click.option(
-    "--method", type=click.Choice(["fire", "fire2", "gd"]), default="fire2", show_default=True,
+    "--method", type=click.Choice(["fire", "fire2", "gd"]), default="fire", show_default=True,
     help="Minimiser of the relaxation (FIRE, FIRE 2.0 or gradient descent).")
 fmax_option = click.option(
     "--fmax", type=float, default=None,

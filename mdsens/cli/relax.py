@@ -49,12 +49,13 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
     c.check_energy(system, pot, structure)
 
     from ..md.minimize import relax
+    from ..md.options import RelaxOptions
 
     steps = options.get("max_steps", DEFAULT_MAX_STEPS)
     with relax_progress(not quiet, steps) as callback:
-        extra = {} if callback is None else {"callback": callback, "chunk": CHUNK}
-        relaxation = relax(system, pot, method=method, relax_cell=relax_cell,
-                           on_failure="ignore", **options, **extra)
+        chunk = {} if callback is None else {"chunk": CHUNK}
+        relax_options = RelaxOptions(method=method, relax_cell=relax_cell, **options, **chunk)
+        relaxation = relax(system, pot, relax_options, callback=callback, on_failure="ignore")
     converged = bool(relaxation.converged)
     config = {"command": "relax", "structure": str(structure), "format": fmt,
               "potential": potential, "params": config_params_json(values),

@@ -47,7 +47,7 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
       mdsens sensitivity --config run.toml --param sigma=3.5 -o other.h5
     """
     options = c.relax_options(fmax, max_steps, pressure, relax_cell)
-    if method != "fire2":
+    if method != "fire":
         options["method"] = method
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))
@@ -61,14 +61,17 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
     c.check_energy(system, pot, structure)
 
     from ..io.hdf5 import write_result
+    from ..md.options import DERIVATIVE_DEFAULTS
     from ..md.sensitivity import sensitivity
 
     steps = options.get("max_steps", DEFAULT_MAX_STEPS)
     with relax_progress(not quiet, steps) as callback:
-        extra = {} if callback is None else {"callback": callback, "chunk": CHUNK}
+        chunk = {} if callback is None else {"chunk": CHUNK}
+        relax_options = DERIVATIVE_DEFAULTS.replace(relax_cell=relax_cell, **options, **chunk)
         result = sensitivity(system, pot, list(wrt), list(observables), relax_cell=relax_cell,
-                             pressure=options.get("pressure", 0.0), mode=mode,
-                             relax_options={**options, **extra} or None, on_failure="ignore")
+                             pressure=relax_options.pressure, mode=mode,
+                             relax_options=relax_options, callback=callback,
+                             on_failure="ignore")
     config = {"command": "sensitivity", "structure": str(structure), "format": fmt,
               "potential": potential, "params": config_params_json(values),
               "potential_file": None if potential_file is None else str(potential_file),

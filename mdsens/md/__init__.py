@@ -13,6 +13,7 @@ from .model import AUTO_NEIGHBOR_THRESHOLD as AUTO_NEIGHBOR_THRESHOLD
 from .model import EnergyModel as EnergyModel
 from .model import Neighbors as Neighbors
 from .model import build as build
+from .options import RelaxOptions as RelaxOptions
 from .potentials import Potential as Potential
 from .potentials import custom as custom
 from .potentials import lennard_jones as lennard_jones

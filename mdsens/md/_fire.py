@@ -35,11 +35,14 @@ __all__ = ["Fire2State", "FireState", "GDState", "Minimizer", "fire", "fire2", "
 
 
 class Minimizer(NamedTuple):
-    """A pair of pure functions ``init(q, force_fn) -> state`` and
-    ``step(state, force_fn) -> (state, trial)`` (jax-md/optax style)."""
+    """Pure functions ``init(q, force_fn) -> state``, ``step(state, force_fn) -> (state,
+    trial)`` (jax-md/optax style) and ``reject(state) -> state``: the state to retry from
+    after the driving loop refused the trial of ``step`` (non-finite, or an absurd energy
+    rise): same point, at rest, with a smaller step."""
 
     init: Callable[..., Any]
     step: Callable[..., Any]
+    reject: Callable[..., Any]
 
 
 class FireState(NamedTuple):
@@ -93,24 +96,39 @@ def _norm(a: PyTree) -> jax.Array:
     return jnp.sqrt(_vdot(a, a))
 
 
+def _row_norm(x: jax.Array) -> jax.Array:
+    """Largest Euclidean norm of a row of ``x`` (shape ``(n, ...)``; a scalar is one row)."""
+    if x.ndim >= 1 and x.size:
+        return jnp.max(jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=-1)))
+    return jnp.abs(x.reshape(-1)).max(initial=0.0)
+
+
 def max_atom_norm(a: PyTree) -> jax.Array:
     """Largest Euclidean norm of a row of any leaf (leaf shape ``(n, d)``; a scalar leaf
     counts as one row of one element): the per-atom step length that ``max_step`` caps."""
-    norms = [
-        jnp.max(jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=-1)))
-        if x.ndim >= 1 and x.size
-        else jnp.abs(x.reshape(-1)).max(initial=0.0)
-        for x in tree_leaves(a)
-    ]
-    return jnp.max(jnp.stack(norms))
+    return jnp.max(jnp.stack([_row_norm(x) for x in tree_leaves(a)]))
 
 
-def _cap(dq: PyTree, max_step: float | None) -> PyTree:
-    """Scale the whole step down uniformly so that no row moves farther than ``max_step``."""
+def step_ratio(dq: PyTree, max_step: Any) -> jax.Array:
+    """``max over leaves of (largest row norm of the leaf) / (its cap)``: the step is
+    within its caps iff this is ``<= 1``. ``max_step`` is one cap for every leaf or a pytree
+    of caps shaped like ``dq`` (e.g. one for the positions, another for a strain)."""
+    leaves = tree_leaves(dq)
+    caps = tree_leaves(max_step)
+    if len(caps) == 1:
+        caps = caps * len(leaves)
+    elif len(caps) != len(leaves):
+        raise ValueError("max_step: one cap, or one per leaf of the coordinates")
+    return jnp.max(jnp.stack([_row_norm(x) / c for x, c in zip(leaves, caps)]))
+
+
+def _cap(dq: PyTree, max_step: Any) -> PyTree:
+    """Scale the whole step down uniformly so that no row of a leaf moves farther than its
+    cap (``max_step``: see :func:`step_ratio`; None: no cap)."""
     if max_step is None:
         return dq
-    longest = max_atom_norm(dq)
-    scale = jnp.where(longest > max_step, max_step / jnp.maximum(longest, 1e-300), 1.0)
+    ratio = step_ratio(dq, max_step)
+    scale = jnp.where(ratio > 1, 1.0 / jnp.maximum(ratio, 1e-300), 1.0)
     return tree_map(lambda x: x * scale.astype(x.dtype), dq)
 
 
@@ -184,7 +202,12 @@ def fire(
         new = FireState(q_new, v, f_new, e_new, aux_new, dt, alpha, n_pos)
         return new, (e_new, f_new, aux_new)
 
-    return Minimizer(init, step)
+    def reject(state: FireState) -> FireState:
+        return state._replace(velocity=tree_map(jnp.zeros_like, state.velocity),
+                              dt=state.dt * f_dec, alpha=jnp.full_like(state.alpha, alpha_start),
+                              n_pos=jnp.zeros_like(state.n_pos))
+
+    return Minimizer(init, step, reject)
 
 
 def fire2(
@@ -252,14 +275,15 @@ def fire2(
         alpha = jnp.where(grow, alpha * f_alpha,
                           jnp.where(~up & settled, alpha_start, alpha))
         n_pos = jnp.where(up, n_pos + 1, 0)
-        if half_step_back:
-            q = tree_map(lambda qi, vi: jnp.where(up, qi, qi - 0.5 * dt * vi), q, v)
+        if half_step_back:  # capped like a step (LAMMPS's is not: it can lose atoms)
+            back = _cap(tree_map(lambda vi: -0.5 * dt * vi, v), max_step)
+            q = tree_map(lambda qi, bi: jnp.where(up, qi, qi + bi), q, back)
         v = tree_map(lambda vi: jnp.where(up, vi, 0.0), v)
         h = dt
         if max_step is not None:
             probe = tree_map(lambda vi, fi: jnp.where(up, vi, dt * fi), v, f)
-            fastest = max_atom_norm(probe)
-            h = jnp.where(h * fastest > max_step, max_step / jnp.maximum(fastest, 1e-300), h)
+            fastest = step_ratio(probe, max_step)  # per unit time, in units of the caps
+            h = jnp.where(h * fastest > 1, 1.0 / jnp.maximum(fastest, 1e-300), h)
         v = tree_map(lambda vi, fi: vi + h * fi, v, f)
         v = tree_map(lambda vi, fi: jnp.where(up, mix_a * vi + mix_b * fi, vi), v, f)
         q_new = tree_map(lambda qi, vi: qi + h * vi, q, v)
@@ -267,7 +291,12 @@ def fire2(
         new = Fire2State(q_new, v, f_new, e_new, aux_new, dt, alpha, n_pos, n_steps + 1)
         return new, (e_new, f_new, aux_new)
 
-    return Minimizer(init, step)
+    def reject(state: Fire2State) -> Fire2State:
+        return state._replace(velocity=tree_map(jnp.zeros_like, state.velocity),
+                              dt=state.dt * f_dec, alpha=jnp.full_like(state.alpha, alpha_start),
+                              n_pos=jnp.zeros_like(state.n_pos))
+
+    return Minimizer(init, step, reject)
 
 
 def gd(
@@ -313,4 +342,7 @@ def gd(
         )
         return new, (e_t, f_t, aux_t)
 
-    return Minimizer(init, step)
+    def reject(state: GDState) -> GDState:
+        return state._replace(step_size=state.step_size * f_dec)
+
+    return Minimizer(init, step, reject)

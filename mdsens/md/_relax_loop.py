@@ -20,12 +20,17 @@ With the virial ``W = ∂E/∂ε`` at ``ε = 0`` for ``R (I + ε)``, ``cell (I +
 length and its stiffness ``N v B / c² = B v^(1-2/d)`` matches that of one atom (``B`` the
 bulk modulus, ``v`` the volume per atom): one time step suits both kinds of coordinate.
 
-Error bits (an ``int32`` bitfield, set inside the loop; the loop stops when one is set and
-keeps the last good state): ``OVERFLOW`` (the neighbour list overflowed at a trial point),
-``NONFINITE`` (non-finite energy or forces at a trial point, or at the start),
-``BAD_CELL`` (the strained cell lost positive volume), ``SMALL_CELL`` (the cell shrank so
-that the model's replicated cell is narrower than twice the cutoff: the minimum image would
-miss neighbours; the host rebuilds the model).
+Error bits (an ``int32`` bitfield, set inside the loop). A trial point that is
+non-finite (``NONFINITE``), raises the objective absurdly (``ABSURD``: by more than
+``|H| + N ε``, ε the energy unit) or turns the cell inside out (``BAD_CELL``) is *rejected*:
+the loop keeps the last good point, the minimiser's ``reject`` restarts it at rest with a
+smaller step, the next evaluation rebuilds the neighbour list, and the loop goes on; only
+after ``MAX_REJECTS`` rejections in a row does the bit stop the loop. The other bits stop
+the loop at once and keep the last good state: ``OVERFLOW`` (the neighbour list overflowed
+at a trial point; the host reallocates it), ``SMALL_CELL`` (the cell shrank so that the
+model's replicated cell is narrower than twice the cutoff: the minimum image would miss
+neighbours; the host rebuilds the model), ``DIVERGED`` (the cell volume left
+``[V0 / r, r V0]``, ``r = max_volume_ratio``).
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ from jax.custom_batching import custom_vmap
 from jax.tree_util import tree_leaves, tree_map
 
 from ._cell_search import perpendicular_widths
-from ._fire import Minimizer
+from ._fire import Minimizer, fire, fire2, gd
 
 OVERFLOW = 1
 NONFINITE = 2
 BAD_CELL = 4
 SMALL_CELL = 8
+DIVERGED = 16
+ABSURD = 32
+RETRY = NONFINITE | BAD_CELL | ABSURD  # a trial with only these bits is retried smaller
+MAX_REJECTS = 40  # rejections in a row before the loop gives up (step scale 0.5^40)
 
 # Incremented each time a chunk or init function is traced (tests check it is not per chunk).
 TRACE_COUNT = {"chunk": 0, "init": 0, "chunk_batched": 0}
@@ -62,6 +71,12 @@ class Context(NamedTuple):
     stress_tol: jax.Array
     time_unit: jax.Array  # τ = ℓ √(m/ε): scales the minimiser's time steps
     length_unit: jax.Array  # ℓ: scales the step cap
+    energy_scale: jax.Array  # N ε: the objective rise beyond |H| + N ε is absurd
+    dt: jax.Array  # the options' dt, dt_max, max_step (units of τ and ℓ), max_strain_step
+    dt_max: jax.Array
+    max_step: jax.Array
+    max_strain_step: jax.Array
+    max_volume_ratio: jax.Array
 
 
 class Aux(NamedTuple):
@@ -75,20 +90,37 @@ class Aux(NamedTuple):
 
 class Carry(NamedTuple):
     state: Any
-    step: jax.Array
+    step: jax.Array  # accepted steps
     stop: jax.Array
     flags: jax.Array
+    rejects: jax.Array  # trials rejected in a row (the state's list is the last trial's)
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopSpec:
-    """Static description of one compiled loop (the caller jits on a hashable key and
-    rebuilds this inside the traced function)."""
+    """Static description of one compiled loop: the model, the method and whether the cell
+    relaxes (the caller jits on a hashable key and rebuilds the minimiser from the traced
+    :class:`Context` inside the traced function)."""
 
     model: Any
-    minimizer: Minimizer
+    method: str
     relax_cell: bool
     batched: bool = False  # members of a vmapped batch: neighbour lists via batched_update
+
+    def minimizer(self, ctx: Context) -> Minimizer:
+        """The minimiser with the context's settings: time steps ``dt τ``, ``dt_max τ``;
+        a displacement cap ``max_step ℓ`` per atom and, for the scaled strain ``s``,
+        ``min(max_step ℓ, max_strain_step c)`` per row (so no strain component changes by
+        more than ``max_strain_step`` in a step)."""
+        tau, ell = ctx.time_unit, ctx.length_unit
+        cap = ctx.max_step * ell
+        if self.relax_cell:
+            cap = (cap, jnp.minimum(cap, ctx.max_strain_step * ctx.cell_factor))
+        if self.method == "fire":
+            return fire(ctx.dt * tau, ctx.dt_max * tau, max_step=cap)
+        if self.method == "fire2":
+            return fire2(ctx.dt * tau, ctx.dt_max * tau, max_step=cap)
+        return gd((ctx.dt * tau) ** 2, max_step=cap)
 
 
 def strain_matrix(s: jax.Array, c: jax.Array) -> jax.Array:
@@ -119,31 +151,38 @@ def batched_update(model: Any):
     """
 
     @custom_vmap
-    def update(R, cell, nbrs):
-        return model.update(R, cell, nbrs)
+    def update(R, cell, nbrs, force):
+        return model.update(R, cell, nbrs, force=force)
 
     @update.def_vmap
-    def _rule(axis_size, in_batched, R, cell, nbrs):
+    def _rule(axis_size, in_batched, R, cell, nbrs, force):
         def full(x, batched):
             return x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
 
-        args = tree_map(full, (R, cell, nbrs), tuple(in_batched))
-        need = jax.vmap(model.needs_rebuild)(*args)
-        out = lax.cond(jnp.any(need), lambda a: jax.vmap(model.update)(*a),
-                       lambda a: a[2], args)
+        args = tree_map(full, (R, cell, nbrs, force), tuple(in_batched))
+        need = jax.vmap(model.needs_rebuild)(*args[:3]) | args[3]
+        out = lax.cond(jnp.any(need), lambda a: jax.vmap(
+            lambda R_, c_, n_, f_: model.update(R_, c_, n_, force=f_))(*a),
+            lambda a: a[2], args)
         return out, tree_map(lambda _: True, out)
 
     return update
 
 
-def make_force_fn(spec: LoopSpec, ctx: Context, nbrs: Any):
-    """``force_fn(q) -> (H, -∇H, Aux)`` for the minimiser, updating ``nbrs`` at ``q``."""
+def make_force_fn(spec: LoopSpec, ctx: Context, nbrs: Any, rebuild: Any = False):
+    """``force_fn(q) -> (H, -∇H, Aux)`` for the minimiser, updating ``nbrs`` at ``q``
+    (rebuilding it whatever its reference when ``rebuild``: after a rejected trial the list
+    is the trial's)."""
     model = spec.model
 
     def force_fn(q):
         R, cell = to_cartesian(q, ctx, spec.relax_cell)
-        update = batched_update(model) if spec.batched else model.update
-        new_nbrs = update(R, cell, nbrs) if nbrs is not None else None
+        if nbrs is None:
+            new_nbrs = None
+        elif spec.batched:
+            new_nbrs = batched_update(model)(R, cell, nbrs, jnp.asarray(rebuild))
+        else:
+            new_nbrs = model.update(R, cell, nbrs, force=rebuild)
         if not spec.relax_cell:
             e, g = jax.value_and_grad(model.energy)(R, cell, ctx.params, new_nbrs)
             return e, -g, Aux(new_nbrs, e, -g, None)
@@ -186,15 +225,24 @@ def _finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def trial_flags(spec: LoopSpec, ctx: Context, q: Any, trial: tuple) -> jax.Array:
+def trial_flags(spec: LoopSpec, ctx: Context, q: Any, trial: tuple,
+                energy_before: Any = None) -> jax.Array:
+    """The error bits of a trial point ``q`` with ``trial = (H, -∇H, Aux)``; ``ABSURD``
+    needs ``energy_before``, the objective at the point the step left."""
     e, f, aux = trial
     flags = jnp.zeros((), jnp.int32)
     if aux.nbrs is not None:
         flags = flags | jnp.where(spec.model.overflowed(aux.nbrs), OVERFLOW, 0)
-    flags = flags | jnp.where(_finite((e, f, aux.forces, aux.stress)), 0, NONFINITE)
+    flags = flags | jnp.where(_finite((q, e, f, aux.forces, aux.stress)), 0, NONFINITE)
+    if energy_before is not None:
+        rise = e - energy_before
+        flags = flags | jnp.where(rise > jnp.abs(energy_before) + ctx.energy_scale, ABSURD, 0)
     if spec.relax_cell:
         U = strain_matrix(q[1], ctx.cell_factor)
-        flags = flags | jnp.where(jnp.linalg.det(U) > 0, 0, BAD_CELL)
+        det = jnp.linalg.det(U)
+        flags = flags | jnp.where(det > 0, 0, BAD_CELL)
+        bound = ctx.max_volume_ratio
+        flags = flags | jnp.where((det > bound) | (det < 1 / bound), DIVERGED, 0)
         model = spec.model
         if model.cutoff is not None and model.periodic:
             cell = ctx.cell0 @ U
@@ -207,79 +255,75 @@ def trial_flags(spec: LoopSpec, ctx: Context, q: Any, trial: tuple) -> jax.Array
 def init_state(spec: LoopSpec, ctx: Context, q: Any, nbrs: Any):
     """Minimiser state at ``q`` and its error bits (``OVERFLOW`` / ``NONFINITE``)."""
     TRACE_COUNT["init"] += 1
-    state = spec.minimizer.init(q, make_force_fn(spec, ctx, nbrs))
+    state = spec.minimizer(ctx).init(q, make_force_fn(spec, ctx, nbrs))
     trial = (state.energy, state.force, state.aux)
     return state, trial_flags(spec, ctx, q, trial)
 
 
-def run_chunk(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
-    """``lax.while_loop`` from ``carry.step`` until ``carry.stop``, convergence or an error.
+def active(ctx: Context, c: Carry) -> jax.Array:
+    """Whether the loop goes on: steps left, no stopping bit, not converged."""
+    return (c.step < c.stop) & (c.flags == 0) & ~is_converged(c.state.aux, ctx)
 
-    A step whose trial point overflowed the neighbour list, is non-finite or has a collapsed
-    cell is not taken: the state stays the last good one and the bit is raised, except for
-    its neighbour list, which is the trial's (valid for the kept positions only when no
-    bit is set; ``relax`` reallocates it).
+
+def step_once(spec: LoopSpec, ctx: Context, c: Carry) -> Carry:
+    """One minimiser step with the trial checks of the module docstring.
+
+    An accepted trial becomes the state. A rejected one (only ``RETRY`` bits) leaves the
+    state at its point, restarted by the minimiser's ``reject``; after ``MAX_REJECTS`` in a
+    row its bits stop the loop. A trial with another bit is not taken and stops the loop.
+    The neighbour list is not selected (that would copy it every step): it is always the
+    trial's. After a rejected trial the next evaluation rebuilds it; after a stop the
+    caller reallocates it for the kept state (see ``minimize``).
     """
+    minimizer = spec.minimizer(ctx)
+    force_fn = make_force_fn(spec, ctx, c.state.aux.nbrs, rebuild=c.rejects > 0)
+    new, trial = minimizer.step(c.state, force_fn)
+    bits = trial_flags(spec, ctx, new.position, trial, c.state.energy)
+    ok = bits == 0
+    retry = (bits & ~RETRY) == 0  # (and not ok)
+    rejects = jnp.where(ok, 0, jnp.where(retry, c.rejects + 1, c.rejects))
+    kept = _without_list(c.state)
+    kept = tree_map(lambda a, b: jnp.where(retry, a, b), _without_list(minimizer.reject(c.state)),
+                    kept)
+    state = tree_map(lambda a, b: jnp.where(ok, a, b), _without_list(new), kept)
+    state = state._replace(aux=state.aux._replace(nbrs=new.aux.nbrs))
+    stop = jnp.where(ok, 0, jnp.where(retry, jnp.where(rejects > MAX_REJECTS, bits, 0), bits))
+    return Carry(state, c.step + ok.astype(c.step.dtype), c.stop, c.flags | stop, rejects)
+
+
+def run_chunk(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
+    """``lax.while_loop`` of :func:`step_once` from ``carry.step`` until ``carry.stop``,
+    convergence or a stopping bit."""
     TRACE_COUNT["chunk"] += 1
-    minimizer = spec.minimizer
-
-    def cond(c: Carry) -> jax.Array:
-        return (c.step < c.stop) & (c.flags == 0) & ~is_converged(c.state.aux, ctx)
-
-    def body(c: Carry) -> Carry:
-        force_fn = make_force_fn(spec, ctx, c.state.aux.nbrs)
-        new, trial = minimizer.step(c.state, force_fn)
-        bits = trial_flags(spec, ctx, new.position, trial)
-        ok = bits == 0
-        state = tree_map(lambda a, b: jnp.where(ok, a, b), _without_list(new),
-                         _without_list(c.state))
-        # The list is not selected (a copy of it per step): it is the trial's. After a
-        # rejected step the loop stops, and the caller reallocates the list for the kept
-        # state (see ``minimize.relax``).
-        state = state._replace(aux=state.aux._replace(nbrs=new.aux.nbrs))
-        return Carry(state, c.step + ok.astype(c.step.dtype), c.stop, c.flags | bits)
-
-    return lax.while_loop(cond, body, carry)
+    return lax.while_loop(lambda c: active(ctx, c), lambda c: step_once(spec, ctx, c), carry)
 
 
 def _without_list(state: Any) -> Any:
     return state._replace(aux=state.aux._replace(nbrs=None))
 
 
-def _select(mask: jax.Array, new: Any, old: Any) -> Any:
+def select(mask: jax.Array, new: Any, old: Any) -> Any:
     """Per member: ``new`` where ``mask`` (shape ``(K,)``) else ``old``."""
     return tree_map(lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)),
                                            a, b), new, old)
 
 
-def run_chunk_batched(make_spec: Any, ctx: Context, carry: Carry) -> Carry:
+def run_chunk_batched(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
     """:func:`run_chunk` for K members at once (every leaf of ``ctx`` and ``carry`` has a
-    leading axis K; ``make_spec(ctx_k)`` gives member k's :class:`LoopSpec`).
+    leading axis K; ``spec.batched``).
 
-    One ``lax.while_loop`` runs while some member is active (``step < stop``, no error bit,
-    not converged); every iteration steps all members (``vmap``) and keeps the new state
-    only for the active ones. A member that is done is frozen (state, step and flags stay
-    as they were), so each member follows exactly the steps ``run_chunk`` would take.
+    One ``lax.while_loop`` runs while some member is active; every iteration steps all
+    members (``vmap`` of :func:`step_once`) and keeps the new state only for the active
+    ones. A member that is done is frozen (state, step and flags stay as they were), so each
+    member follows exactly the steps ``run_chunk`` would take.
     """
     TRACE_COUNT["chunk_batched"] += 1
-
-    def active(ctx_k: Context, c: Carry) -> jax.Array:
-        return (c.step < c.stop) & (c.flags == 0) & ~is_converged(c.state.aux, ctx_k)
-
-    def member_body(ctx_k: Context, c: Carry) -> Carry:
-        spec = make_spec(ctx_k)
-        force_fn = make_force_fn(spec, ctx_k, c.state.aux.nbrs)
-        new, trial = spec.minimizer.step(c.state, force_fn)
-        bits = trial_flags(spec, ctx_k, new.position, trial)
-        ok = bits == 0
-        state = tree_map(lambda a, b: jnp.where(ok, a, b), new, c.state)
-        return Carry(state, c.step + ok.astype(c.step.dtype), c.stop, c.flags | bits)
 
     def cond(c: Carry) -> jax.Array:
         return jnp.any(jax.vmap(active)(ctx, c))
 
     def body(c: Carry) -> Carry:
         mask = jax.vmap(active)(ctx, c)
-        return _select(mask, jax.vmap(member_body)(ctx, c), c)
+        return select(mask, jax.vmap(lambda x, y: step_once(spec, x, y))(ctx, c), c)
 
     return lax.while_loop(cond, body, carry)

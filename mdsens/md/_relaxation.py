@@ -47,6 +47,7 @@ class Status(enum.IntEnum):
     NONFINITE = 2
     NEIGHBOR_LIST = 3
     INVALID_CELL = 4
+    CELL_DIVERGED = 5
 
     @property
     def message(self) -> str:
@@ -60,9 +61,10 @@ _MESSAGES = {
         "raise max_steps, loosen fmax/stress_tol, or start closer to a minimum"
     ),
     Status.NONFINITE: (
-        "non-finite energy, forces or stress (NaN/inf): atoms may overlap or the parameters "
-        "are invalid; check the start structure and params (the result holds the last "
-        "finite state)"
+        "non-finite energy, forces or stress (NaN/inf) at the start, or no finite step that "
+        "does not raise the energy absurdly even after shrinking the step 40 times: atoms "
+        "may overlap exactly or the parameters are invalid; check the start structure and "
+        "params (the result holds the last finite state)"
     ),
     Status.NEIGHBOR_LIST: (
         "the neighbour list kept overflowing after reallocation: the density changes too "
@@ -72,6 +74,12 @@ _MESSAGES = {
     Status.INVALID_CELL: (
         "the cell collapsed (non-positive volume) during the cell relaxation: check the sign "
         "and units of `pressure` (eV/Å^d) and that the potential has a minimum at it"
+    ),
+    Status.CELL_DIVERGED: (
+        "diverged, not converged: the cell volume changed by more than max_volume_ratio "
+        "from the start, or the atoms ended up not interacting (zero energy) where the start "
+        "had interactions; check the sign and units of `pressure`, start from a denser or "
+        "less disordered structure, or raise max_volume_ratio if the change is meant"
     ),
 }
 

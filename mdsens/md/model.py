@@ -437,13 +437,15 @@ class EnergyModel:
         cached = self._cell_list_fns.setdefault(key, fn)
         return nlist if cached is fn else nlist.set(cell_list_fn=cached)
 
-    def update(self, R: Array, cell: Array | None, nbrs: Neighbors | None) -> Neighbors | None:
+    def update(self, R: Array, cell: Array | None, nbrs: Neighbors | None,
+               force: Any = False) -> Neighbors | None:
         r"""Neighbour list for new positions and cell (jit-able; keeps the capacity).
 
-        Rebuilds only when a pair outside the list could have come within the cutoff
-        (:meth:`needs_rebuild`); otherwise returns ``nbrs``. Periodic lists with a cell
-        grid are rebuilt by :func:`mdsens.md._cell_search.dense_search`, others by
-        jax-md. Check :meth:`overflowed` afterwards.
+        Rebuilds when a pair outside the list could have come within the cutoff
+        (:meth:`needs_rebuild`) or when ``force`` (a bool or bool scalar array: the list's
+        reference point is not to be trusted); otherwise returns ``nbrs``. Periodic lists
+        with a cell grid are rebuilt by :func:`mdsens.md._cell_search.dense_search`, others
+        by jax-md. Check :meth:`overflowed` afterwards.
         """
         if nbrs is None:
             return None
@@ -451,7 +453,7 @@ class EnergyModel:
         cell = None if cell is None else jax.lax.stop_gradient(cell)
         R_s, C_s = self.supercell(R, cell)
         X = self._list_positions(R_s, C_s)
-        rebuild = self._needs_rebuild(X, C_s, nbrs)
+        rebuild = self._needs_rebuild(X, C_s, nbrs) | jnp.asarray(force)
         kw = {"box": _nl_box(C_s)} if self.periodic else {}
         old = nbrs.nlist
         with_images = nbrs.images is not None

@@ -68,6 +68,7 @@ from ._problem import (
 from .elastic import elastic_constants
 from .minimize import relax
 from .model import EnergyModel, build
+from .options import DERIVATIVE_DEFAULTS, RelaxOptions
 from .strain import n_voigt
 from .system import System
 
@@ -127,7 +128,8 @@ def sensitivity(
     mode: Mode = "auto",
     pairs: Sequence[tuple[int, int]] | None = None,
     relaxation: Any = None,
-    relax_options: dict | None = None,
+    relax_options: RelaxOptions | dict | None = None,
+    callback: Callable[[int, float, float], None] | None = None,
     solver: str = "cg",
     tol: float = 1e-10,
     maxiter: int | None = None,
@@ -159,8 +161,12 @@ def sensitivity(
         observable component) or ``"auto"`` (whichever needs fewer solves).
       pairs: atom index pairs for the ``distances`` observable.
       relaxation: a :class:`Relaxation` to reuse instead of relaxing again.
-      relax_options: keyword arguments for :func:`~mdsens.md.relax` (fmax, max_steps, ...);
-        the default fmax is 1e-8 eV/Å (derivatives are only as good as the root).
+      relax_options: the :class:`~mdsens.md.RelaxOptions` of the relaxation, or a dict of
+        fields replacing those of ``DERIVATIVE_DEFAULTS`` (fmax 1e-8 eV/Å, max_steps 100000:
+        derivatives are only as good as the root); ``relax_cell``, ``pressure`` and
+        ``neighbor_list`` come from the arguments of the same names unless a dict sets them.
+      callback: progress of the relaxation, ``callback(step, energy, fmax)`` (see
+        :func:`~mdsens.md.relax`).
       solver: linear solver name (``"cg"``, ``"minres"``, ...; see ``implicit.linsolve``).
       tol, maxiter: relative residual tolerance and iteration cap of each solve.
       preconditioner: None, ``"jacobi"`` or ``"block_jacobi"`` (per-atom d × d blocks).
@@ -226,12 +232,14 @@ def sensitivity(
     # 1. relaxation --------------------------------------------------------------------
     t0 = time.perf_counter()
     if relaxation is None:
-        options = {"fmax": 1e-8, "max_steps": 100000, "neighbor_list": neighbor_list,
-                   "on_failure": "ignore"}
-        options.update(relax_options or {})
-        options.setdefault("pressure", pressure)
-        options.setdefault("params", params)
-        relaxation = relax(system, relaxation_model, relax_cell=relax_cell, **options)
+        defaults = DERIVATIVE_DEFAULTS.replace(neighbor_list=neighbor_list,
+                                               relax_cell=relax_cell, pressure=pressure)
+        options = RelaxOptions.resolve(relax_options, defaults)
+        if options.relax_cell != relax_cell:
+            raise ValueError("sensitivity: relax_options.relax_cell differs from relax_cell")
+        pressure = options.pressure
+        relaxation = relax(system, relaxation_model, options, params=params,
+                           callback=callback, on_failure="ignore")
     timings["relax"] = time.perf_counter() - t0
     relaxed = relaxation.system
     if not (np.isfinite(float(relaxation.energy))

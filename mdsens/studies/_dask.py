@@ -142,15 +142,11 @@ class Job:
                 points: Sequence[dict[str, float]], model_point: int, compute: dict[str, Any],
                 definition_json: str) -> Job:
         """Pickle what the tasks need; ``compute`` holds the keyword arguments of
-        ``_scan._compute`` other than the start, model and potential
-        (``relax_opts["callback"]`` is dropped: it would run on a worker).
+        ``_scan._compute`` other than the start, model and potential.
 
         Raises:
           ValueError: the potential or a structure cannot be sent to the workers.
         """
-        compute = dict(compute)
-        compute["relax_opts"] = {k: v for k, v in compute["relax_opts"].items()
-                                 if k != "callback"}
         definition_key = hashlib.sha256(definition_json.encode()).hexdigest()
         pot = _potential_payload(potential)
         shared = tuple(

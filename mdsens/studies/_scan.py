@@ -8,16 +8,18 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _file, _spec
 
+if TYPE_CHECKING:
+    from ..md.options import RelaxOptions
+
 __all__ = ["scan"]
 
-DEFAULT_RELAX_OPTIONS = {"fmax": 1e-8, "max_steps": 100000}
-_NOT_IN_DEFINITION = ("callback", "chunk")
+_NOT_IN_DEFINITION = ("chunk", "relax_cell", "pressure")
 
 Progress = Callable[[int, int, int, bool], None]
 
@@ -32,7 +34,7 @@ def scan(
     *,
     relax_cell: bool = False,
     pressure: float = 0.0,
-    relax_options: dict | None = None,
+    relax_options: RelaxOptions | dict | None = None,
     sensitivity_options: dict | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -68,8 +70,9 @@ def scan(
       wrt, observables: as for :func:`~mdsens.md.sensitivity` (observable names only).
       output: the study file (``.h5``).
       relax_cell, pressure: relax the cell too, at external pressure (eV/Å^d).
-      relax_options: keyword arguments of :func:`~mdsens.md.relax` (default fmax 1e-8,
-        max_steps 100000).
+      relax_options: the :class:`~mdsens.md.RelaxOptions` of every relaxation, or a dict
+        of fields replacing those of ``DERIVATIVE_DEFAULTS`` (fmax 1e-8, max_steps 100000);
+        ``relax_cell`` and ``pressure`` are this call's.
       sensitivity_options: further keyword arguments of :func:`~mdsens.md.sensitivity`
         (mode, solver, tol, curvature_check, ...).
       resume: continue an existing ``output``: its study definition must match this call
@@ -106,7 +109,7 @@ def scan(
       ConnectionError: no Dask scheduler answers at ``scheduler``.
     """
     _check_backend(workers, scheduler)
-    _check_batch(batch, relax_options)
+    _check_batch(batch)
     import h5py
 
     from ..io.hdf5 import provenance
@@ -120,8 +123,10 @@ def scan(
     observables = [observables] if isinstance(observables, str) else list(observables)
     if not all(isinstance(o, str) for o in observables):
         raise ValueError("scan: observables must be names (callables cannot be stored)")
-    relax_opts = {**DEFAULT_RELAX_OPTIONS, **(relax_options or {})}
-    relax_opts.pop("pressure", None)
+    from ..md.options import DERIVATIVE_DEFAULTS, RelaxOptions
+
+    relax_opts = RelaxOptions.resolve(relax_options, DERIVATIVE_DEFAULTS).replace(
+        relax_cell=bool(relax_cell), pressure=float(pressure))
     sens_opts = dict(sensitivity_options or {})
     for bad in ("relaxation", "relax_options", "on_failure", "relax_cell", "pressure"):
         if bad in sens_opts:
@@ -165,7 +170,8 @@ def scan(
                           "settings": potential.settings},
             "relax_cell": bool(relax_cell),
             "pressure": float(pressure),
-            "relax_options": {k: v for k, v in relax_opts.items() if k not in _NOT_IN_DEFINITION},
+            "relax_options": {k: v for k, v in relax_opts.changed().items()
+                              if k not in _NOT_IN_DEFINITION},
             "sensitivity_options": sens_opts,
         }
         definition_json = _spec.canonical_json(definition)
@@ -300,12 +306,10 @@ def _check_backend(workers, scheduler) -> None:
                           "pip install 'mdsens[dask]'")
 
 
-def _check_batch(batch, relax_options) -> None:
-    """``batch`` is a positive integer; with ``batch > 1`` no relaxation callback."""
+def _check_batch(batch) -> None:
+    """``batch`` is a positive integer."""
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
         raise ValueError(f"scan: batch must be a positive integer, got {batch!r}")
-    if batch > 1 and (relax_options or {}).get("callback") is not None:
-        raise ValueError("scan: relax_options['callback'] is not supported with batch > 1")
 
 
 def _groups(done: np.ndarray, batch: int) -> list[list[int]]:
@@ -386,9 +390,8 @@ def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_op
     # The neighbour list of the previous point on this model is passed on: relax rebuilds
     # it where atoms or the cell moved (keeping its capacity), so consecutive points share
     # array shapes and reuse compiled code instead of recompiling for a new capacity.
-    relaxation = relax(start, model, params=dict(pot.params), relax_cell=relax_cell,
-                       nbrs=_LAST_NEIGHBORS.get(model),
-                       pressure=pressure, on_failure="ignore", **relax_opts)
+    relaxation = relax(start, model, relax_opts, params=dict(pot.params),
+                       nbrs=_LAST_NEIGHBORS.get(model), on_failure="ignore")
     _keep_neighbors(model, relaxation)
     return _differentiate(relaxation, pot, wrt, observables, relax_cell, pressure,
                           sens_opts, time.perf_counter() - t0)
@@ -405,10 +408,8 @@ def _compute_batch(start, model, pots, batch, wrt, observables, relax_cell, pres
     t0 = time.perf_counter()
     params = [dict(p.params) for p in pots]
     params += [params[-1]] * (batch - len(params))
-    opts = {k: v for k, v in relax_opts.items() if k not in ("callback", "neighbor_list")}
-    relaxations = relax_batch(start, model, params, relax_cell=relax_cell,
-                              nbrs=_LAST_NEIGHBORS.get(model), pressure=pressure,
-                              on_failure="ignore", **opts)[:len(pots)]
+    relaxations = relax_batch(start, model, params, relax_opts,
+                              nbrs=_LAST_NEIGHBORS.get(model), on_failure="ignore")[:len(pots)]
     _keep_neighbors(model, relaxations[-1])
     share = (time.perf_counter() - t0) / len(pots)
     return [_differentiate(r, pot, wrt, observables, relax_cell, pressure, sens_opts, share)
