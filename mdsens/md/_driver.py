@@ -15,8 +15,8 @@ and decides, member by member:
    ``NEIGHBOR_LIST``. In a batch the other members' lists are padded to the new common
    capacity (same neighbours, more empty slots).
 3. otherwise the status ladder: non-finite, collapsed cell, cell diverged, converged (then
-   checked: a relaxation whose atoms stopped interacting, energy 0 where the start had
-   some, is ``CELL_DIVERGED``), out of steps, or on.
+   checked: a cell relaxation whose atoms stopped interacting, energy 0 where the start
+   had some, is ``CELL_DIVERGED``), out of steps, or on.
 
 A member that stopped on a bit carries the trial's neighbour list; its result gets a list
 allocated for its kept point.
@@ -290,9 +290,11 @@ def _relaxation(system: System, state: Any, ctx: _loop.Context, options: RelaxOp
     if fresh_list and nbrs is not None:
         nbrs = model.allocate(R, cell)
     energy = state.aux.energy
-    if status is Status.CONVERGED and start_energy != 0 and \
+    if relax_cell and status is Status.CONVERGED and start_energy != 0 and \
             abs(float(energy)) <= 1e-12 * float(ctx.energy_scale):
-        status = Status.CELL_DIVERGED  # a "minimum" where nothing interacts any more
+        # a "minimum" of the enthalpy where nothing interacts any more: the cell ran away
+        # (at fixed cell an energy of 0 is a real minimum, e.g. an unjammed packing)
+        status = Status.CELL_DIVERGED
     return Relaxation(
         system=system.replace(positions=R, cell=cell),
         energy=energy,

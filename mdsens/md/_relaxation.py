@@ -76,7 +76,7 @@ _MESSAGES = {
         "and units of `pressure` (eV/Å^d) and that the potential has a minimum at it"
     ),
     Status.CELL_DIVERGED: (
-        "diverged, not converged: the cell volume changed by more than max_volume_ratio "
+        "the cell diverged, not converged: its volume changed by more than max_volume_ratio "
         "from the start, or the atoms ended up not interacting (zero energy) where the start "
         "had interactions; check the sign and units of `pressure`, start from a denser or "
         "less disordered structure, or raise max_volume_ratio if the change is meant"

@@ -36,7 +36,7 @@ good point at rest with half the time step (40 rejections in a row end the relax
 ``NONFINITE``). Every step is capped: no atom moves more than ``max_step`` ℓ, no strain
 component changes by more than ``max_strain_step`` (also FIRE 2.0's half step back, which
 LAMMPS does not cap). A cell relaxation stops as ``CELL_DIVERGED`` when the volume leaves
-``[V0 / r, r V0]`` (``r = max_volume_ratio``), and a "converged" end point where the atoms no
+``[V0 / r, r V0]`` (``r = max_volume_ratio``), and a "converged" cell relaxation whose atoms no
 longer interact (energy 0 where the start had some) is ``CELL_DIVERGED`` too, never
 converged.
 

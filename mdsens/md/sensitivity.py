@@ -176,7 +176,8 @@ def sensitivity(
         packings. A missed rattler excited by a right-hand side makes its solve fail
         (reported), never a silently wrong number.
       curvature_check: estimate the smallest Hessian eigenvalue on the complement of the zero
-        modes (Lanczos, ``lanczos_steps`` products) and flag a saddle.
+        modes (Lanczos, ``lanczos_steps`` products) and flag a saddle, or a Hessian that is
+        zero or singular there (then every derivative is NaN, whatever ``on_failure``).
       hessian: how Hessian-vector products are formed: ``"autodiff"`` (forward-over-reverse
         differentiation of the energy, any potential), ``"assembled"`` (pair potentials at
         fixed cell without replication: the pair stiffnesses are computed once and each
@@ -290,6 +291,7 @@ def sensitivity(
                                          plan.hessian, problem, x_star, theta0, q)
     residual = float(residual)
     lam_min = float("nan")
+    degenerate = None
     if curvature_check:
         lam_min, lam_neg, lam_max = _ritz_summary(np.asarray(ritz)[: int(count)])
         if lam_neg < -1e-8 * lam_max:
@@ -297,6 +299,14 @@ def sensitivity(
                 f"the relaxed state is not a minimum: the Hessian has a negative eigenvalue "
                 f"(Lanczos estimate {lam_neg:.3e}) — it is a saddle; relax further or perturb"
             )
+        if not lam_max > 0 or not lam_min > 0:
+            degenerate = (
+                f"the Hessian is zero or singular on the complement of the "
+                f"{int(modes.shape[0])} known zero modes (Lanczos: largest |λ| {lam_max:.3e}, "
+                f"no eigenvalue above round-off): the state is not an isolated minimum (atoms "
+                f"that do not interact?) and has no derivatives"
+            )
+            problems.append(degenerate)
     timings["curvature"] = time.perf_counter() - t0
     jacobian_estimate = None
     if jacobian_error:
@@ -381,7 +391,7 @@ def sensitivity(
         "timings": timings,
     }
     converged = not problems
-    if problems and on_failure == "nan":
+    if (problems and on_failure == "nan") or degenerate is not None:  # never a number there
         derivatives = {k: {p: np.full_like(v, np.nan) for p, v in d.items()}
                        for k, d in derivatives.items()}
     result = Sensitivity(
