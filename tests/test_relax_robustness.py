@@ -96,9 +96,10 @@ def test_rattled_crystal_with_relaxing_cell_matches_ase():
     ref = atoms.copy()
     ref.calc = LennardJones(sigma=sigma, epsilon=eps, rc=2.5 * sigma, ro=2.0 * sigma,
                             smooth=True)
-    FIRE(FrechetCellFilter(ref), logfile=None).run(fmax=1e-6, steps=5000)
+    FIRE(FrechetCellFilter(ref), logfile=None).run(fmax=1e-5, steps=5000)
     np.testing.assert_allclose(float(result.energy), ref.get_potential_energy(), rtol=1e-8)
-    np.testing.assert_allclose(volume, ref.get_volume(), rtol=1e-5)
+    # ASE stopped at 1e-5 eV/Å (to keep the test short): its volume is off by ~1e-5
+    np.testing.assert_allclose(volume, ref.get_volume(), rtol=5e-5)
 
 
 def test_runaway_case_relaxes_to_the_crystal():

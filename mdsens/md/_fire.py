@@ -31,7 +31,7 @@ PyTree = Any
 ForceFn = Callable[[PyTree], tuple[jax.Array, PyTree, PyTree]]
 
 __all__ = ["Fire2State", "FireState", "GDState", "Minimizer", "fire", "fire2", "gd",
-           "max_atom_norm"]
+           "max_atom_norm", "step_ratio"]
 
 
 class Minimizer(NamedTuple):
@@ -142,6 +142,14 @@ def _fire_start(q: PyTree, force_fn: ForceFn, dt_start: float, alpha_start: floa
             jnp.asarray(alpha_start, dtype), jnp.zeros((), jnp.int32))
 
 
+def _restart(state: Any, f_dec: float, alpha_start: float) -> Any:
+    """FIRE's state after a rejected trial: same point, at rest, ``dt`` times ``f_dec``,
+    mixing back to ``alpha_start``, no steps since a reset."""
+    return state._replace(velocity=tree_map(jnp.zeros_like, state.velocity),
+                          dt=state.dt * f_dec, alpha=jnp.full_like(state.alpha, alpha_start),
+                          n_pos=jnp.zeros_like(state.n_pos))
+
+
 def fire(
     dt_start: float,
     dt_max: float,
@@ -171,7 +179,8 @@ def fire(
     Args:
         dt_start, dt_max: initial and largest time step (units: see the module docstring).
         n_min, f_inc, f_dec, alpha_start, f_alpha: the FIRE constants of Bitzek et al.
-        max_step: cap on the per-row displacement of one step (length units), or ``None``.
+        max_step: cap on the per-row displacement of one step (length units): one for every
+          leaf, a pytree of caps shaped like ``q`` (see :func:`step_ratio`), or ``None``.
     """
 
     def init(q: PyTree, force_fn: ForceFn) -> FireState:
@@ -202,12 +211,7 @@ def fire(
         new = FireState(q_new, v, f_new, e_new, aux_new, dt, alpha, n_pos)
         return new, (e_new, f_new, aux_new)
 
-    def reject(state: FireState) -> FireState:
-        return state._replace(velocity=tree_map(jnp.zeros_like, state.velocity),
-                              dt=state.dt * f_dec, alpha=jnp.full_like(state.alpha, alpha_start),
-                              n_pos=jnp.zeros_like(state.n_pos))
-
-    return Minimizer(init, step, reject)
+    return Minimizer(init, step, lambda state: _restart(state, f_dec, alpha_start))
 
 
 def fire2(
@@ -250,7 +254,8 @@ def fire2(
         dt_min: smallest time step a reset may set (default ``0.02 * dt_start``).
         delay, f_inc, f_dec, alpha_start, f_alpha: the FIRE 2.0 constants (LAMMPS's
           ``delaystep``, ``dtgrow``, ``dtshrink``, ``alpha0``, ``alphashrink``).
-        max_step: cap on the per-row displacement of one step (length units), or ``None``.
+        max_step: cap on the per-row displacement of one step (length units): one for every
+          leaf, a pytree of caps shaped like ``q`` (see :func:`step_ratio`), or ``None``.
         half_step_back: take the half step back at a reset.
     """
     dt_floor = 0.02 * dt_start if dt_min is None else dt_min
@@ -291,12 +296,7 @@ def fire2(
         new = Fire2State(q_new, v, f_new, e_new, aux_new, dt, alpha, n_pos, n_steps + 1)
         return new, (e_new, f_new, aux_new)
 
-    def reject(state: Fire2State) -> Fire2State:
-        return state._replace(velocity=tree_map(jnp.zeros_like, state.velocity),
-                              dt=state.dt * f_dec, alpha=jnp.full_like(state.alpha, alpha_start),
-                              n_pos=jnp.zeros_like(state.n_pos))
-
-    return Minimizer(init, step, reject)
+    return Minimizer(init, step, lambda state: _restart(state, f_dec, alpha_start))
 
 
 def gd(
