@@ -36,6 +36,7 @@ from . import _relax_loop as _loop
 from ._relaxation import Relaxation, Status
 from .model import EnergyModel, Neighbors, build
 from .options import RelaxOptions
+from .potentials.base import LJ_BOND_STIFFNESS
 from .system import System
 
 __all__ = ["MAX_STALLED_REPAIRS", "context", "drive", "params_finite", "resolve_model"]
@@ -93,15 +94,17 @@ def natural_scales(params: dict) -> tuple[float, float]:
     return biggest("sigma"), biggest("epsilon")
 
 
-def context(system: System, params: dict, options: RelaxOptions) -> _loop.Context:
+def context(system: System, params: dict, options: RelaxOptions,
+            stiffness: float = LJ_BOND_STIFFNESS) -> _loop.Context:
     """The traced data of one relaxation of ``system`` at ``params`` (``minimize``'s
-    docstring: τ and ℓ from the parameters; the default ``stress_tol`` from the start
-    cell's volume per atom; the strain scale ``c = sqrt(N) v^(1/d)``)."""
+    docstring: ℓ and ε from the parameters, τ = ℓ sqrt(m/ε) sqrt(κ_LJ/κ) with κ the
+    potential's ``bond_stiffness``; the default ``stress_tol`` from the start cell's volume
+    per atom; the strain scale ``c = sqrt(N) v^(1/d)``)."""
     R0 = jnp.asarray(system.positions)
     n, d = R0.shape
     dtype = R0.dtype
     ell, eps = natural_scales(params)
-    tau = ell / math.sqrt(eps)
+    tau = ell / math.sqrt(eps) * math.sqrt(LJ_BOND_STIFFNESS / stiffness)
     vol = abs(float(np.linalg.det(np.asarray(system.cell, np.float64)))) \
         if system.is_periodic else 1.0
     v_atom = vol / max(n, 1)
@@ -322,7 +325,8 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
     k_members = len(params)
     members = _Members(model, options, k_members)
     relax_cell = options.relax_cell
-    ctxs = [context(s, p, options) for s, p in zip(systems, params)]
+    stiffness = getattr(model.potential, "bond_stiffness", LJ_BOND_STIFFNESS)
+    ctxs = [context(s, p, options, stiffness) for s, p in zip(systems, params)]
     d = systems[0].dim
     q0 = []
     for s in systems:

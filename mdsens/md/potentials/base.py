@@ -379,6 +379,11 @@ def resolve_pair_params(
 
 
 # ----------------------------------------------------------------------------- potential
+LJ_BOND_STIFFNESS = 36 * 2 ** (2 / 3)
+r"""Lennard-Jones's :math:`\sigma^2\phi''/\varepsilon` at its minimum
+:math:`2^{1/6}\sigma` (= 57.15)."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Potential:
     r"""Base class of all potentials (frozen; hashed by identity so it can be jit-static).
@@ -397,11 +402,17 @@ class Potential:
     name: ClassVar[str] = "potential"
     uses_neighborhood: ClassVar[bool] = True
     neighbor_list_threshold: ClassVar[int] = 200
+    """``neighbor_list="auto"`` uses a list above this many internal atoms. Three-body
+    potentials without a list cost O(N³) per evaluation, so they set it lower."""
     hessian_range_factor: ClassVar[float] = 2.0
     """The Hessian couples atoms up to this many cutoffs apart: 1 for pair potentials, 2
     for three-body and embedded-atom ones (neighbours of a common neighbour)."""
-    """``neighbor_list="auto"`` uses a list above this many internal atoms. Three-body
-    potentials without a list cost O(N³) per evaluation, so they set it lower."""
+    bond_stiffness: ClassVar[float] = LJ_BOND_STIFFNESS
+    r"""The dimensionless stiffness of a bond, :math:`\kappa = \ell^2\phi''/arepsilon` at
+    the pair minimum or contact (ℓ, ε the potential's length and energy units). It only
+    scales the relaxation's time unit, :math:`	au = \ell\sqrt{m/arepsilon}
+    \sqrt{\kappa_{LJ}/\kappa}`, so that the default time steps (measured on Lennard-Jones,
+    :math:`\kappa_{LJ} = 57.15`) suit softer potentials too. Default: Lennard-Jones's."""
 
     params: Params
     species: tuple[str, ...] | None = None

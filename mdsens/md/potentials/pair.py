@@ -341,6 +341,7 @@ class SoftSphere(PairPotential):
     """
 
     name = "soft_sphere"
+    bond_stiffness = 1.0  # σ² φ''/ε at contact for α = 2 (harmonic), the common choice
 
     def pair_energy(self, r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
         return jmd_energy.soft_sphere(r, sigma=sigma, epsilon=epsilon, alpha=alpha)
