@@ -356,8 +356,9 @@ def _fire2_reference(A, q, n_steps, dt, dt_max, max_step, delay=20, f_inc=1.1, f
                      alpha0=0.25, f_alpha=0.99):
     """FIRE 2.0 as LAMMPS's min_style fire iterates it (semi-implicit Euler, half step
     back, initial delay, dt_min = 0.02 dt), written out in numpy for H = 1/2 q.A q over
-    the rows of q (Euclidean per-row cap), with one deliberate difference: the half step
-    back is capped at max_step per row like every other move (LAMMPS's is not)."""
+    the rows of q (Euclidean per-row cap), with two deliberate differences: the half step
+    back and the final move are capped at max_step per row like every other move (LAMMPS
+    caps neither)."""
     q = np.array(q, float)
     v = np.zeros_like(q)
     f = -(A @ q.ravel()).reshape(q.shape)
@@ -392,7 +393,12 @@ def _fire2_reference(A, q, n_steps, dt, dt_max, max_step, delay=20, f_inc=1.1, f
         v = v + h * f
         if P > 0:
             v = a * v + b * f
-        q = q + h * v
+        move = h * v
+        longest = np.max(np.linalg.norm(move, axis=1))
+        if longest > max_step:  # (mdsens caps the final move too; LAMMPS does not)
+            move = move * (max_step / longest)
+            events["capped_move"] = events.get("capped_move", 0) + 1
+        q = q + move
         f = -(A @ q.ravel()).reshape(q.shape)
         path.append(q.copy())
     return np.array(path), events

@@ -245,7 +245,9 @@ def fire2(
       ``max_step`` with :math:`u = v`, or :math:`u = \Delta t F` right after a reset (rows
       of every leaf; Euclidean norm);
     * :math:`v \leftarrow v + hF`; if :math:`P > 0`, :math:`v \leftarrow a v + b F`;
-      :math:`q \leftarrow q + h v`, and the force is re-evaluated.
+      :math:`q \leftarrow q + h v` (that move scaled down to the cap when it exceeds it:
+      the cut of :math:`h` bounds only the velocity before the kick; LAMMPS does not cap it,
+      and loses atoms when the force jumps), and the force is re-evaluated.
 
     The first step has :math:`v = 0`, hence :math:`P = 0`: it starts with a reset.
 
@@ -291,7 +293,9 @@ def fire2(
             h = jnp.where(h * fastest > 1, 1.0 / jnp.maximum(fastest, 1e-300), h)
         v = tree_map(lambda vi, fi: vi + h * fi, v, f)
         v = tree_map(lambda vi, fi: jnp.where(up, mix_a * vi + mix_b * fi, vi), v, f)
-        q_new = tree_map(lambda qi, vi: qi + h * vi, q, v)
+        # the time cut above bounds the move by the velocity before the force kick; after a
+        # jump of the force (overlaps) h v can still be long: capped like every move
+        q_new = tree_map(jnp.add, q, _cap(tree_map(lambda vi: h * vi, v), max_step))
         e_new, f_new, aux_new = force_fn(q_new)
         new = Fire2State(q_new, v, f_new, e_new, aux_new, dt, alpha, n_pos, n_steps + 1)
         return new, (e_new, f_new, aux_new)

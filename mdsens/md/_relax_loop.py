@@ -268,9 +268,10 @@ def active(ctx: Context, c: Carry) -> jax.Array:
 def step_once(spec: LoopSpec, ctx: Context, c: Carry) -> Carry:
     """One minimiser step with the trial checks of the module docstring.
 
-    An accepted trial becomes the state. A rejected one (only ``RETRY`` bits) leaves the
-    state at its point, restarted by the minimiser's ``reject``; after ``MAX_REJECTS`` in a
-    row its bits stop the loop. A trial with another bit is not taken and stops the loop.
+    An accepted trial becomes the state. A rejected one (any ``RETRY`` bit: the trial is
+    garbage, whatever else it flags) leaves the state at its point, restarted by the
+    minimiser's ``reject``; after ``MAX_REJECTS`` in a row its bits stop the loop. A finite
+    trial with another bit is not taken and stops the loop.
     The neighbour list is not selected (that would copy it every step): it is always the
     trial's. After a rejected trial the next evaluation rebuilds it; after a stop the
     caller reallocates it for the kept state (see ``minimize``).
@@ -280,14 +281,15 @@ def step_once(spec: LoopSpec, ctx: Context, c: Carry) -> Carry:
     new, trial = minimizer.step(c.state, force_fn)
     bits = trial_flags(spec, ctx, new.position, trial, c.state.energy)
     ok = bits == 0
-    retry = (bits & ~RETRY) == 0  # (and not ok)
+    retry = (bits & RETRY) != 0  # a garbage trial: its other bits mean nothing
     rejects = jnp.where(ok, 0, jnp.where(retry, c.rejects + 1, c.rejects))
     kept = _without_list(c.state)
     kept = tree_map(lambda a, b: jnp.where(retry, a, b), _without_list(minimizer.reject(c.state)),
                     kept)
     state = tree_map(lambda a, b: jnp.where(ok, a, b), _without_list(new), kept)
     state = state._replace(aux=state.aux._replace(nbrs=new.aux.nbrs))
-    stop = jnp.where(ok, 0, jnp.where(retry, jnp.where(rejects > MAX_REJECTS, bits, 0), bits))
+    given_up = jnp.where(rejects > MAX_REJECTS, bits & RETRY, 0)
+    stop = jnp.where(ok, 0, jnp.where(retry, given_up, bits))
     return Carry(state, c.step + ok.astype(c.step.dtype), c.stop, c.flags | stop, rejects)
 
 
