@@ -133,6 +133,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mdsens.md import System, build, potentials, relax  # noqa: E402
+from mdsens.md._driver import natural_scales  # noqa: E402  (mdsens's own ℓ, ε rule)
 
 MINIMISERS = ("mdsens default", "mdsens FIRE 2.0", "ASE FIRE", "LAMMPS")
 KA_SIGMA = np.array([[1.0, 0.8], [0.8, 0.88]])
@@ -395,19 +396,6 @@ def default_method() -> str:
     from mdsens.md import RelaxOptions
 
     return str(RelaxOptions().method)
-
-def natural_scales(params) -> tuple[float, float]:
-    """(ℓ, ε): the largest ``sigma`` / ``|epsilon|`` of the params, else 1 (mdsens's rule)."""
-
-    def biggest(name):
-        if name not in params:
-            return 1.0
-        v = np.abs(np.asarray(params[name], np.float64)).ravel()
-        v = v[np.isfinite(v) & (v > 0)]
-        return float(v.max()) if v.size else 1.0
-
-    return biggest("sigma"), biggest("epsilon")
-
 
 def row_fmax(F) -> float:
     F = np.asarray(F, np.float64)
