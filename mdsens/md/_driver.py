@@ -315,13 +315,11 @@ def _relaxation(system: System, state: Any, ctx: _loop.Context, options: RelaxOp
 
 def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
           options: RelaxOptions, nbrs: Any = None,
-          callback: Callable[[int, float, float], None] | None = None,
-          potential: Any = None) -> list[Relaxation]:
+          callback: Callable[[int, float, float], None] | None = None) -> list[Relaxation]:
     """Relax member k from ``systems[k]`` at ``params[k]`` with ``model`` (all members share
     its layout); the module docstring says how. ``nbrs``: a start list for every member
     (default: each its own). ``callback(step, energy, fmax)`` after every chunk (K = 1
-    only). ``potential``: what to rebuild a model from when a cell shrinks (default the
-    model's). Returns the K relaxations, no failure policy applied."""
+    only). Returns the K relaxations, no failure policy applied."""
     k_members = len(params)
     members = _Members(model, options, k_members)
     relax_cell = options.relax_cell
@@ -385,8 +383,7 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
         if repair:
             if not members.batched and flags[0] & _loop.SMALL_CELL:
                 R, cell = _loop.to_cartesian(state.position, ctx, relax_cell)
-                model = build(systems[0].replace(positions=R, cell=cell),
-                              potential if potential is not None else model.potential,
+                model = build(systems[0].replace(positions=R, cell=cell), model.potential,
                               neighbor_list=model.uses_neighbor_list, skin=model.skin,
                               capacity_multiplier=model.capacity_multiplier)
                 members = _Members(model, options, 1)
@@ -417,8 +414,7 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
     results = []
     for k in range(k_members):
         if k in alone:
-            results.extend(drive(model, [systems[k]], [params[k]], options,
-                                 potential=potential))
+            results.extend(drive(model, [systems[k]], [params[k]], options))
             continue
         results.append(_relaxation(systems[k], members.take(state, k), ctxs[k], options,
                                    int(step[k]), status[k], model, bool(fresh_list[k]),
