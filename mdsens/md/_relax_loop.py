@@ -93,7 +93,8 @@ class Carry(NamedTuple):
     step: jax.Array  # accepted steps
     stop: jax.Array
     flags: jax.Array
-    rejects: jax.Array  # trials rejected in a row (the state's list is the last trial's)
+    rejects: jax.Array  # trials rejected in a row (the state's list is the last trial's);
+    # a chunk only ends on an accepted step or a stopping bit, so it never ends mid-series
 
 
 @dataclasses.dataclass(frozen=True)
