@@ -186,6 +186,19 @@ def test_cli_happy_path(run):
             assert key in prov
 
 
+def test_inspect_is_light(run):
+    """`mdsens inspect` reads a result without importing jax (a result is plain data)."""
+    _, out = run
+    code = ("import sys; from mdsens.cli import main\n"
+            "try:\n    main(['inspect', sys.argv[1]])\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print('JAX-IMPORTED' if 'jax' in sys.modules else 'JAX-FREE')")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(DATA.parent)},
+                          check=True)
+    assert "energy" in proc.stdout and "JAX-FREE" in proc.stdout, proc.stdout
+
+
 def test_cli_equals_api_bit_for_bit(run):
     import jax
 

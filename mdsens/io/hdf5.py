@@ -320,7 +320,7 @@ def read_result(path: str | os.PathLike) -> StoredResult:
     """
     import h5py
 
-    from ..md.sensitivity import Sensitivity
+    from ..md.results import Sensitivity
 
     p = Path(path)
     if not p.is_file():

@@ -2,24 +2,50 @@
 
 ``System`` (structure pytree), ``potentials`` (registry: ``potentials.get("lj", ...)``),
 ``build(system, potential)`` -> ``EnergyModel`` (energy / neighbour lists / replication).
+
+Names are imported on first use, so that a module of this package that needs no numerics
+(``options``, ``results``) can be imported without JAX and jax-md.
 """
 
-from . import potentials as potentials
-from .minimize import Relaxation as Relaxation
-from .minimize import RelaxationError as RelaxationError
-from .minimize import relax as relax
-from .minimize import relax_batch as relax_batch
-from .model import AUTO_NEIGHBOR_THRESHOLD as AUTO_NEIGHBOR_THRESHOLD
-from .model import EnergyModel as EnergyModel
-from .model import Neighbors as Neighbors
-from .model import build as build
-from .options import RelaxOptions as RelaxOptions
-from .potentials import Potential as Potential
-from .potentials import custom as custom
-from .potentials import lennard_jones as lennard_jones
-from .potentials import morse as morse
-from .potentials import soft_sphere as soft_sphere
-from .sensitivity import Sensitivity as Sensitivity
-from .sensitivity import SensitivityError as SensitivityError
-from .sensitivity import sensitivity as sensitivity
-from .system import System as System
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "potentials": (".potentials", None),
+    "Relaxation": (".minimize", "Relaxation"),
+    "RelaxationError": (".minimize", "RelaxationError"),
+    "relax": (".minimize", "relax"),
+    "relax_batch": (".minimize", "relax_batch"),
+    "AUTO_NEIGHBOR_THRESHOLD": (".model", "AUTO_NEIGHBOR_THRESHOLD"),
+    "EnergyModel": (".model", "EnergyModel"),
+    "Neighbors": (".model", "Neighbors"),
+    "build": (".model", "build"),
+    "RelaxOptions": (".options", "RelaxOptions"),
+    "Potential": (".potentials", "Potential"),
+    "custom": (".potentials", "custom"),
+    "lennard_jones": (".potentials", "lennard_jones"),
+    "morse": (".potentials", "morse"),
+    "soft_sphere": (".potentials", "soft_sphere"),
+    "Sensitivity": (".results", "Sensitivity"),
+    "SensitivityError": (".results", "SensitivityError"),
+    "sensitivity": (".sensitivity", "sensitivity"),
+    "System": (".system", "System"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name, __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

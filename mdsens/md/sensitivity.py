@@ -69,6 +69,7 @@ from .elastic import elastic_constants
 from .minimize import relax
 from .model import EnergyModel, build
 from .options import DERIVATIVE_DEFAULTS, RelaxOptions
+from .results import Sensitivity, SensitivityError, SensitivityWarning
 from .strain import n_voigt
 from .system import System
 
@@ -78,40 +79,6 @@ Policy = Literal["raise", "warn", "nan", "ignore"]
 
 __all__ = ["Sensitivity", "SensitivityError", "SensitivityWarning", "sensitivity"]
 
-
-
-class SensitivityError(RuntimeError):
-    """The relaxation or a derivative solve failed, or the state is not a minimum."""
-
-
-class SensitivityWarning(RuntimeWarning):
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class Sensitivity:
-    """Result of :func:`sensitivity`.
-
-    Attributes:
-      values: observable name -> value at the relaxed state (numpy arrays).
-      derivatives: observable name -> parameter name -> derivative of shape
-        ``observable.shape + parameter.shape``.
-      units: observable name -> unit string.
-      wrt: the parameter names, in request order, with ``parameter_shapes``.
-      diagnostics: relaxation and solve diagnostics (see :func:`sensitivity`).
-      relaxation: the :class:`~mdsens.md.minimize.Relaxation` the derivatives were taken at.
-      converged: relaxation converged, every solve converged, no negative curvature.
-    """
-
-    values: dict[str, np.ndarray]
-    derivatives: dict[str, dict[str, np.ndarray]]
-    units: dict[str, str]
-    wrt: tuple[str, ...]
-    parameter_shapes: dict[str, tuple[int, ...]]
-    diagnostics: dict[str, Any]
-    relaxation: Any
-    converged: bool
-    problems: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- main entry
