@@ -14,6 +14,10 @@ from typing import Any
 
 import click
 
+from ..md.options import METHODS, RelaxOptions
+
+DEFAULT_METHOD = RelaxOptions.method  # the library's default minimiser
+
 
 class ExitCode(enum.IntEnum):
     """Process exit status of every ``mdsens`` command."""
@@ -62,7 +66,7 @@ pressure_option = click.option(
     "--pressure", type=float, default=None, metavar="P",
     help="External pressure for --relax-cell, eV/Å^3 (1 GPa = 6.2415e-3 eV/Å^3).")
 method_option = click.option(
-    "--method", type=click.Choice(["fire", "fire2", "gd"]), default="fire", show_default=True,
+    "--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD, show_default=True,
     help="Minimiser of the relaxation (FIRE, FIRE 2.0 or gradient descent).")
 fmax_option = click.option(
     "--fmax", type=float, default=None,

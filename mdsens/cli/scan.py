@@ -85,7 +85,7 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
     if resume and overwrite:
         raise c.BadInput("--resume and --overwrite exclude each other")
     options = c.relax_options(fmax, max_steps, pressure, relax_cell)
-    if method != "fire":
+    if method != c.DEFAULT_METHOD:
         options["method"] = method
     if resume:
         if not output.is_file():

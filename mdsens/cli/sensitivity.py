@@ -47,7 +47,7 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
       mdsens sensitivity --config run.toml --param sigma=3.5 -o other.h5
     """
     options = c.relax_options(fmax, max_steps, pressure, relax_cell)
-    if method != "fire":
+    if method != c.DEFAULT_METHOD:
         options["method"] = method
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))

@@ -402,8 +402,6 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
         carry = members.chunk(ctx, members.carry(state, step, stop))
         state = carry.state
         flags = members.vector(carry.flags)
-        # a member that ended its chunk right after a rejected trial holds the trial's list
-        fresh_list = np.where(active, members.vector(carry.rejects) > 0, fresh_list)
         new_step = members.vector(carry.step)
         stalled[new_step > step] = 0
         step = new_step
