@@ -565,3 +565,53 @@ def test_pair_energy_gradient_rule_matches_plain_autodiff():
     np.testing.assert_allclose(grad_sigma, grad_sigma.T, rtol=1e-12)
     for g, r in zip(got, ref, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13 * float(jnp.abs(r).max()))
+
+
+def test_pair_forms_equal_closed_forms_and_jax_md():
+    """The pair forms written out in potentials/pair.py: Lennard-Jones, Morse and the
+    switch against NumPy closed forms in float64 (jax-md's own Lennard-Jones and switch
+    round 4ε and the squared radii to float32: relative errors up to 1e-7), soft sphere
+    against jax-md."""
+    import jax.numpy as jnp
+    from jax_md import energy as jmd
+
+    from mdsens.md.potentials import pair
+
+    r_np = np.linspace(0.05, 3.2, 500)
+    r = jnp.asarray(r_np)
+    s, e, a = 1.1, 0.7, 2.5
+    S, E, A = jnp.asarray(s), jnp.asarray(e), jnp.asarray(a)
+    lj = 4 * e * ((s / r_np) ** 12 - (s / r_np) ** 6)
+    morse = e * (1 - np.exp(-a * (r_np - s))) ** 2 - e
+    ro, rc = 2.0 * s, 2.5 * s
+    switch = np.where(r_np < ro, 1.0, np.where(
+        r_np < rc, (rc**2 - r_np**2) ** 2 * (rc**2 + 2 * r_np**2 - 3 * ro**2)
+        / (rc**2 - ro**2) ** 3, 0.0))
+    cases = [
+        (pair._lennard_jones_form(r, S, E), lj),
+        (pair._morse_form(r, S, E, A), morse),
+        (pair._switched(pair._morse_form(r, S, E, A), r, 2.0 * S, 2.5 * S), morse * switch),
+        (pair._soft_sphere_form(r, S, E, A), jmd.soft_sphere(r, S, E, A)),
+    ]
+    for ours, reference in cases:
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), rtol=1e-12,
+                                   atol=1e-15)
+
+
+def test_numerics_import_only_the_jax_md_modules_used():
+    """jax-md's package __init__ (rigid_body, nn, flax: seconds) is not run by mdsens, and
+    a later ``import jax_md`` still sees every submodule."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mdsens.md.sensitivity, mdsens.md.minimize\n"
+            "print(sorted(m for m in sys.modules if m.startswith('jax_md')))\n"
+            "import jax_md\n"
+            "from jax_md import rigid_body\n"
+            "print(callable(jax_md.energy.lennard_jones), callable(jax_md.simulate.nve))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    loaded = eval(out[0])  # noqa: S307 - our own printout
+    assert "jax_md.rigid_body" not in loaded and "jax_md.energy" not in loaded, loaded
+    assert "jax_md.partition" in loaded
+    assert out[1] == "True True"

@@ -6,6 +6,8 @@ not import jax (jax is imported inside command bodies).
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from .. import __version__
@@ -38,7 +40,13 @@ def main() -> None:
     Exit codes: 0 success, 1 not converged (file written with converged=false,
     unless --no-partial), 2 bad usage or bad input (no file written).
     Options can also come from a TOML file: --config run.toml (see docs/cli.md).
+    Compiled code is kept in ~/.cache/mdsens (MDSENS_CACHE_DIR=off to opt out).
     """
+    # XLA's C++ log lines (a spurious loader error for every cached program, "slow
+    # compile" alarms) are not for a command's user; set before any command imports jax.
+    # "1" is jax's own default, inherited from a parent Python process that imported jax.
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1") == "1":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 
 main.add_command(relax_cmd)

@@ -154,10 +154,15 @@ def command_line() -> str:
 
 
 def enable_x64() -> None:
-    """Sensitivities need float64: the CLI (an application, not the library) enables it."""
+    """Configure JAX for a command (an application, not the library): float64, which
+    sensitivities need, and the persistent compilation cache of
+    :mod:`mdsens.compile_cache` (``MDSENS_CACHE_DIR=off`` turns it off)."""
     import jax
 
+    from ..compile_cache import enable
+
     jax.config.update("jax_enable_x64", True)
+    enable()
 
 
 def load_structure(path: Path, fmt: str | None) -> Any:
@@ -240,19 +245,24 @@ def _check_overlap(atoms: Any, path: Path, min_distance: float = 0.1) -> None:
                        f"(distance {dist[i, j]:.3g} Å)")
 
 
-def check_energy(system: Any, potential: Any, path: Path) -> None:
+def check_energy(system: Any, potential: Any, path: Path) -> Any:
     """Refuse a start structure whose energy is not finite (overlapping atoms) or cannot be
-    evaluated at all (e.g. a potential file whose cutoff needs more memory than there is)."""
+    evaluated at all (e.g. a potential file whose cutoff needs more memory than there is).
+
+    Returns the ``EnergyModel`` it built, for the command to relax with (one model per run:
+    its compiled code is shared by the check, the relaxation and the derivatives).
+    """
     import jax
 
-    from ..md.model import build
+    from ..md.model import EnergyModel, build
 
     runtime_error = getattr(jax.errors, "JaxRuntimeError", RuntimeError)
     try:
         model = build(system, potential)
         cell = system.cell if system.is_periodic else None
         nbrs = model.allocate(system.positions, cell)
-        energy = float(model.energy(system.positions, cell, potential.params, nbrs))
+        energy_fn = jax.jit(EnergyModel.energy, static_argnums=0)
+        energy = float(energy_fn(model, system.positions, cell, potential.params, nbrs))
     except (ValueError, TypeError) as exc:
         raise BadInput(f"{path}: cannot evaluate the potential: {exc}") from None
     except (runtime_error, MemoryError) as exc:
@@ -263,6 +273,7 @@ def check_energy(system: Any, potential: Any, path: Path) -> None:
                        f"{reason}") from None
     if not math.isfinite(energy):
         raise BadInput(f"{path}: the start energy is not finite (overlapping atoms?)")
+    return model
 
 
 def _cutoff(potential: Any) -> float | None:

@@ -46,7 +46,7 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
     c.enable_x64()
     pot = c.make_potential(potential, values, potential_file)
     system = c.make_system(atoms, pot, structure)
-    c.check_energy(system, pot, structure)
+    model = c.check_energy(system, pot, structure)
 
     from ..md.minimize import relax
     from ..md.options import RelaxOptions
@@ -55,7 +55,7 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
     with relax_progress(not quiet, steps) as callback:
         chunk = {} if callback is None else {"chunk": CHUNK}
         relax_options = RelaxOptions(method=method, relax_cell=relax_cell, **options, **chunk)
-        relaxation = relax(system, pot, relax_options, callback=callback, on_failure="ignore")
+        relaxation = relax(system, model, relax_options, callback=callback, on_failure="ignore")
     converged = bool(relaxation.converged)
     config = {"command": "relax", "structure": str(structure), "format": fmt,
               "potential": potential, "params": config_params_json(values),

@@ -58,7 +58,7 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
     pot = c.make_potential(potential, values, potential_file)
     system = c.make_system(atoms, pot, structure)
     _check_names(system, pot, wrt, observables, relax_cell)
-    c.check_energy(system, pot, structure)
+    model = c.check_energy(system, pot, structure)
 
     from ..io.hdf5 import write_result
     from ..md.options import DERIVATIVE_DEFAULTS
@@ -68,7 +68,7 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
     with relax_progress(not quiet, steps) as callback:
         chunk = {} if callback is None else {"chunk": CHUNK}
         relax_options = DERIVATIVE_DEFAULTS.replace(relax_cell=relax_cell, **options, **chunk)
-        result = sensitivity(system, pot, list(wrt), list(observables), relax_cell=relax_cell,
+        result = sensitivity(system, model, list(wrt), list(observables), relax_cell=relax_cell,
                              pressure=relax_options.pressure, mode=mode,
                              relax_options=relax_options, callback=callback,
                              on_failure="ignore")

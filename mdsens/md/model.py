@@ -50,9 +50,9 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import partition, space
 
 from . import _cell_search
+from ._jaxmd import partition, space
 from .potentials.base import (
     Array,
     Geometry,

@@ -1,4 +1,4 @@
-r"""Pair potentials: Lennard-Jones, soft sphere, Morse (jax-md's elementary functions).
+r"""Pair potentials: Lennard-Jones, soft sphere, Morse (the forms of jax-md's ``energy``).
 
 Every pair potential has the energy
 
@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
-from jax_md import energy as jmd_energy
 
 from .._fusion import materialize
 from .base import (
@@ -54,6 +53,45 @@ __all__ = [
     "morse",
     "soft_sphere",
 ]
+
+
+# ----------------------------------------------------------------------------- forms
+# The elementary pair forms of jax-md's ``energy`` module, written out here: importing that
+# module costs seconds (it pulls in flax and jax-md's neural networks). Same formulas, same
+# treatment of non-finite values (tests compare them with jax-md's).
+def _lennard_jones_form(r: Array, sigma: Array, epsilon: Array) -> Array:
+    r"""Unswitched :math:`4\epsilon[(\sigma/r)^{12} - (\sigma/r)^6]`, non-finite values
+    mapped to finite ones (``nan_to_num``) as jax-md does."""
+    x = sigma / r
+    x2 = x * x
+    x6 = x2 * x2 * x2
+    return jnp.nan_to_num(4.0 * epsilon * (x6 * x6 - x6))
+
+
+def _morse_form(r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
+    r"""Unswitched :math:`\epsilon[(1 - e^{-\alpha(r - \sigma)})^2 - 1]` (``nan_to_num``)."""
+    return jnp.nan_to_num(epsilon * (1.0 - jnp.exp(-alpha * (r - sigma))) ** 2 - epsilon)
+
+
+def _soft_sphere_form(r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
+    r""":math:`(\epsilon/\alpha)(1 - r/\sigma)^\alpha` for :math:`r < \sigma`, else 0; the
+    power is evaluated only inside the range (a double ``where``), so gradients stay
+    finite at and beyond contact."""
+    x = r / sigma
+    inside = x < 1.0
+    safe = jnp.where(inside, x, 0.0)
+    return jnp.where(inside, epsilon / alpha * (1.0 - safe) ** alpha, 0.0)
+
+
+def _switched(value: Array, r: Array, r_onset: Array, r_cutoff: Array) -> Array:
+    r"""``value`` times the C¹ switch of HOOMD-blue (jax-md's
+    ``multiplicative_isotropic_cutoff``): :math:`S = 1` for :math:`r < r_o`,
+    :math:`S = (r_c^2 - r^2)^2 (r_c^2 + 2r^2 - 3r_o^2) / (r_c^2 - r_o^2)^3` up to
+    :math:`r_c`, 0 beyond."""
+    rc2, ro2, r2 = r_cutoff**2, r_onset**2, r**2
+    inner = jnp.where(r < r_cutoff, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2)
+                      / (rc2 - ro2) ** 3, 0.0)
+    return jnp.where(r < r_onset, 1.0, inner) * value
 
 
 def _max(value: Any) -> float:
@@ -290,10 +328,8 @@ class LennardJones(PairPotential):
     r_cutoff: float = 2.5
 
     def pair_energy(self, r: Array, sigma: Array, epsilon: Array) -> Array:
-        fn = jmd_energy.multiplicative_isotropic_cutoff(
-            jmd_energy.lennard_jones, self.r_onset * sigma, self.r_cutoff * sigma
-        )
-        return fn(r, sigma=sigma, epsilon=epsilon)
+        return _switched(_lennard_jones_form(r, sigma, epsilon), r,
+                         self.r_onset * sigma, self.r_cutoff * sigma)
 
     def r2_coefficients(self, sigma: Array, epsilon: Array) -> dict[str, Array]:
         s2 = sigma * sigma
@@ -344,7 +380,7 @@ class SoftSphere(PairPotential):
     bond_stiffness = 1.0  # σ² φ''/ε at contact for α = 2 (harmonic), the common choice
 
     def pair_energy(self, r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
-        return jmd_energy.soft_sphere(r, sigma=sigma, epsilon=epsilon, alpha=alpha)
+        return _soft_sphere_form(r, sigma, epsilon, alpha)
 
     def cutoff(self, params: Params | None = None) -> float:
         params = self.params if params is None else params
@@ -389,10 +425,8 @@ class Morse(PairPotential):
     r_cutoff: float = 2.5
 
     def pair_energy(self, r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
-        fn = jmd_energy.multiplicative_isotropic_cutoff(
-            jmd_energy.morse, self.r_onset * sigma, self.r_cutoff * sigma
-        )
-        return fn(r, sigma=sigma, epsilon=epsilon, alpha=alpha)
+        return _switched(_morse_form(r, sigma, epsilon, alpha), r,
+                         self.r_onset * sigma, self.r_cutoff * sigma)
 
     def cutoff(self, params: Params | None = None) -> float:
         params = self.params if params is None else params
