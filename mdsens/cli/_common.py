@@ -1,5 +1,11 @@
-"""Shared pieces of the CLI: exit codes, the bad-input error, options defined once, and
-turning options into a System and a Potential (jax imported lazily)."""
+"""Shared pieces of the CLI: exit codes, the bad-input error, options defined once, checks
+of the input that need no numerics, and turning options into a System and a Potential.
+
+The checks run before JAX is imported (about a second), so that bad input is refused at
+once: names of potentials, parameters, observables and ``--wrt`` come from the JAX-free
+:mod:`mdsens.md.catalog`, the structure from ASE. JAX is imported only to build and
+evaluate (``enable_x64``, ``make_potential``, ``make_system``, ``check_energy``).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from typing import Any
 
 import click
 
+from ..md import catalog
 from ..md.options import METHODS, RelaxOptions
 
 DEFAULT_METHOD = RelaxOptions.method  # the library's default minimiser
@@ -166,7 +173,9 @@ def enable_x64() -> None:
 
 
 def load_structure(path: Path, fmt: str | None) -> Any:
-    """Read STRUCTURE into an ``ase.Atoms`` (BadInput on failure)."""
+    """Read STRUCTURE into an ``ase.Atoms`` (BadInput on failure); a missing file is
+    refused before ASE is imported."""
+    check_structure_exists(path)
     from ..io.errors import InputError
     from ..io.structures import read
 
@@ -176,39 +185,200 @@ def load_structure(path: Path, fmt: str | None) -> Any:
         raise BadInput(str(exc)) from None
 
 
+def check_structure_exists(path: Path) -> None:
+    """Refuse a STRUCTURE that does not exist (the wording of :func:`mdsens.io.read`)."""
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+
+
+# ----------------------------------------------------------------------------- checks (no JAX)
+_PAIR_NAME_RE = re.compile(r"^(\w+)\[\s*([A-Za-z]\w*)\s*,\s*([A-Za-z]\w*)\s*\]$")
+
+
+def check_potential(name: str, params: dict[str, Any],
+                    potential_file: Path | None) -> catalog.PotentialInfo:
+    """The catalog entry of potential ``name``, after checking without JAX that the command
+    line can build it: a registered name, known parameters (per species pair only where
+    the potential takes tables, every pair of a table's species present) and a potential
+    file where one is needed."""
+    info = catalog.potential(name)
+    if info is None:
+        raise BadInput(f"unknown potential {name!r}; known: {', '.join(catalog.names(True))}")
+    if info.python_only:
+        raise BadInput(f"potential {name!r} is built from a Python function; use the Python "
+                       f"API (mdsens.md.potentials.{info.name})")
+    _check_params(info, name, params)
+    _check_pair_tables(name, params)
+    _check_potential_file(info, name, potential_file)
+    return info
+
+
+def _check_params(info: catalog.PotentialInfo, name: str, params: dict[str, Any]) -> None:
+    """Each ``--param`` names a settable parameter of the potential, once, with a value of
+    the right kind (a per-pair table only where allowed, one of the allowed values)."""
+    seen: dict[str, str] = {}
+    for key, value in params.items():
+        p = info.parameter(key)
+        if p is None or not p.settable:
+            known = ", ".join(info.settable) or "none (its parameters come from the file)"
+            raise BadInput(f"unknown parameter {key!r} for potential {name!r}; known: {known}")
+        if p.name in seen:
+            raise BadInput(f"parameter {p.name!r} of potential {name!r} given twice (as "
+                           f"{seen[p.name]!r} and {key!r})")
+        seen[p.name] = key
+        if isinstance(value, dict) and not p.per_pair:
+            raise BadInput(f"parameter {key!r} of potential {name!r} takes no per-species-pair "
+                           "values")
+        if p.choices and value not in p.choices:
+            allowed = ", ".join(f"{c:g}" for c in p.choices)
+            raise BadInput(f"parameter {key!r} of potential {name!r} must be one of {allowed}, "
+                           f"got {value:g}")
+
+
+def _check_pair_tables(name: str, params: dict[str, Any]) -> None:
+    """Every per-pair table covers every pair of the species of all tables (as the
+    potential's factory requires)."""
+    species = pair_species(params)
+    for key, table in params.items():
+        if not isinstance(table, dict):
+            continue
+        missing = [f"{a}-{b}" for i, a in enumerate(species) for b in species[i:]
+                   if (a, b) not in table and (b, a) not in table]
+        if missing:
+            raise BadInput(f"potential {name!r}: {key}: missing species pairs "
+                           f"{', '.join(missing)}")
+
+
+def pair_species(params: dict[str, Any]) -> tuple[str, ...]:
+    """The species of the per-pair tables in ``params``, in the order the potential gives
+    them (by atomic number): the potential's ``species`` (empty without tables)."""
+    found = {s for value in params.values() if isinstance(value, dict)
+             for pair in value for s in pair}
+    if not found:
+        return ()
+    from ase.data import atomic_numbers
+
+    return tuple(sorted(found, key=lambda s: (atomic_numbers.get(s, 10**6), s)))
+
+
+def _check_potential_file(info: catalog.PotentialInfo, name: str,
+                          potential_file: Path | None) -> None:
+    """A potential file is given where the potential needs one, exists, and is refused
+    where the potential takes none."""
+    if potential_file is None:
+        if info.potential_file == "required":
+            raise BadInput(f"potential {name!r} needs --potential-file ({info.file_note})")
+        return
+    if info.potential_file == "none":
+        raise BadInput(f"potential {name!r} takes no --potential-file")
+    if not potential_file.is_file():
+        raise BadInput(f"{potential_file}: no such potential file")
+
+
+def check_observables(observables: Sequence[str]) -> None:
+    """Each ``--observable`` is a built-in one the command line can compute, given once."""
+    for k, name in enumerate(observables):
+        info = catalog.observable(name)
+        if info is None:
+            raise BadInput(f"unknown observable {name!r}; known: "
+                           f"{', '.join(catalog.OBSERVABLE_NAMES)}")
+        if info.needs:
+            raise BadInput(f"the {name!r} observable needs {info.needs}; use the Python API")
+        if name in observables[:k]:
+            raise BadInput(f"observable {name!r} requested twice")
+
+
+def check_wrt(wrt: Sequence[str], info: catalog.PotentialInfo, params: dict[str, Any],
+              relax_cell: bool) -> None:
+    """Each ``--wrt`` is ``strain`` (fixed cell), ``pressure`` (``--relax-cell``), a
+    differentiable parameter of the potential, or ``NAME[A,B]`` of a parameter given per
+    species pair; given once. (That the system is periodic, as ``strain`` needs, is
+    checked with the structure.)"""
+    for k, item in enumerate(wrt):
+        if item in wrt[:k]:
+            raise BadInput(f"--wrt {item!r} given twice")
+        if item == "strain":
+            if relax_cell:
+                raise BadInput("--wrt strain needs a fixed cell (no --relax-cell: a relaxing "
+                               "cell relaxes the strain away)")
+        elif item == "pressure":
+            if not relax_cell:
+                raise BadInput("--wrt pressure needs --relax-cell")
+        else:
+            check_parameter_name(item, info, params, "--wrt",
+                                 "pressure" if relax_cell else "strain")
+
+
+def check_parameter_name(item: str, info: catalog.PotentialInfo, params: dict[str, Any],
+                         source: str, *extra: str) -> None:
+    """``item`` (of option ``source``) is a differentiable parameter of the potential or
+    ``NAME[A,B]`` with NAME given per species pair over species including A and B;
+    ``extra`` names are listed as known too."""
+    m = _PAIR_NAME_RE.match(item)
+    base = m.group(1) if m else item
+    if base not in info.differentiable:
+        known = ", ".join([*sorted(info.differentiable), *extra])
+        raise BadInput(f"{source} {item!r}: unknown parameter of potential {info.name!r}; "
+                       f"known: {known}")
+    if m:
+        species = pair_species(params)
+        if not isinstance(params.get(base), dict) or not {m.group(2), m.group(3)} <= set(
+                species):
+            raise BadInput(f"{source} {item!r}: {base!r} is not a per-pair parameter over "
+                           f"species {list(species)} (give it per pair: --param "
+                           f"'{base}[A,B]=VALUE')")
+
+
+def check_structure(atoms: Any, path: Path, info: catalog.PotentialInfo,
+                    params: dict[str, Any], observables: Sequence[str] = (),
+                    wrt: Sequence[str] = ()) -> None:
+    """Refuse, without JAX, a structure the run cannot use: mixed or singular periodic
+    boundaries, species without parameters in the per-pair tables, cell observables or
+    ``--wrt strain`` of a free system, overlapping atoms. (Species of a potential file
+    are checked when the file is read, in :func:`make_system`.)"""
+    import numpy as np
+
+    pbc = tuple(bool(p) for p in atoms.pbc)
+    if any(pbc) and not all(pbc):
+        raise BadInput(f"{path}: mixed periodic boundary conditions pbc={pbc} are not "
+                       "supported; make pbc all True or all False")
+    periodic = all(pbc)
+    if periodic and abs(float(np.linalg.det(atoms.cell.array))) < 1e-12:
+        raise BadInput(f"{path}: periodic system needs a non-singular cell")
+    species = pair_species(params)
+    if species:
+        missing = [s for s in sorted(set(atoms.get_chemical_symbols())) if s not in species]
+        if missing:
+            raise BadInput(f"{path}: species {missing} have no parameters in potential "
+                           f"{info.name!r} (it has {list(species)})")
+    if not periodic:
+        for name in observables:
+            if catalog.observable(name).periodic_only:
+                raise BadInput(f"{path}: observable {name!r} needs a periodic system")
+        if "strain" in wrt:
+            raise BadInput(f"{path}: --wrt strain needs a periodic system")
+    _check_overlap(atoms, path)
+
+
+# ----------------------------------------------------------------------------- building (JAX)
 def make_potential(name: str, params: dict[str, Any], potential_file: Path | None) -> Any:
-    """Build the registered potential, mapping every failure to BadInput."""
-    import inspect
+    """Build the registered potential (checked first by :func:`check_potential`), mapping
+    every failure to BadInput."""
+    info = check_potential(name, params, potential_file)
+    from ..md.potentials import get
 
-    from ..md.potentials import base
-
-    factories = base.factories()
-    if name not in factories:
-        raise BadInput(f"unknown potential {name!r}; known: {', '.join(base.names(True))}")
-    factory = factories[name]
-    sig = inspect.signature(factory)
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    known = [p for p, v in sig.parameters.items()
-             if v.kind is not v.VAR_KEYWORD and p not in ("file", "species", "fmt")]
     kwargs = dict(params)
-    for key in params:
-        if key not in sig.parameters and not accepts_any:
-            raise BadInput(f"unknown parameter {key!r} for potential {name!r}; "
-                           f"known: {', '.join(known)}")
     if potential_file is not None:
-        if "file" not in sig.parameters:
-            raise BadInput(f"potential {name!r} takes no --potential-file")
-        if not potential_file.is_file():
-            raise BadInput(f"{potential_file}: no such potential file")
         kwargs["file"] = str(potential_file)
     try:
-        return factory(**kwargs)
+        return get(info.name, **kwargs)
     except (TypeError, ValueError, OSError, KeyError) as exc:
         raise BadInput(f"potential {name!r}: {exc}") from None
 
 
 def make_system(atoms: Any, potential: Any, path: Path) -> Any:
-    """``ase.Atoms`` -> ``System``, checking species against the potential."""
+    """``ase.Atoms`` -> ``System``, checking species against the potential (those of a
+    potential file are known only now). Expects :func:`check_structure` to have run."""
     from ..md.system import System
 
     symbols = sorted(set(atoms.get_chemical_symbols()))
@@ -217,7 +387,6 @@ def make_system(atoms: Any, potential: Any, path: Path) -> Any:
         if missing:
             raise BadInput(f"{path}: species {missing} have no parameters in potential "
                            f"{potential.name!r} (it has {list(potential.species)})")
-    _check_overlap(atoms, path)
     try:
         system = System.from_ase(atoms)
     except ValueError as exc:

@@ -42,7 +42,9 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))
     c.check_output(output, overwrite)
+    info = c.check_potential(potential, values, potential_file)
     atoms = c.load_structure(structure, fmt)
+    c.check_structure(atoms, structure, info, values)
     c.enable_x64()
     pot = c.make_potential(potential, values, potential_file)
     system = c.make_system(atoms, pot, structure)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ..md import catalog
 from . import _common as c
 
 
@@ -76,12 +79,12 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
     sweep: dict[str, list[float]] = {}
     for text in sweeps:
         try:
-            name, values = parse_sweep(text)
+            name, points = parse_sweep(text)
         except ValueError as exc:
             raise c.BadInput(str(exc)) from None
         if name in sweep:
             raise c.BadInput(f"--sweep {name!r} given twice")
-        sweep[name] = values
+        sweep[name] = points
     if resume and overwrite:
         raise c.BadInput("--resume and --overwrite exclude each other")
     options = c.relax_options(fmax, max_steps, pressure, relax_cell)
@@ -92,13 +95,21 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
             raise c.BadInput(f"{output}: no study file to resume")
     else:
         c.check_output(output, overwrite)
-    from .sensitivity import _check_names, _check_observables
-
-    _check_observables(observables)
+    values = c.parse_params(params)
+    info = c.check_potential(potential, values, potential_file)
+    c.check_observables(observables)
+    c.check_wrt(wrt, info, values, relax_cell)
+    _check_sweep(sweep, info, values)
+    for s in structures:
+        c.check_structure_exists(s)
     atoms = [c.load_structure(s, fmt) for s in structures]
+    for a, s in zip(atoms, structures):
+        c.check_structure(a, s, info, values, observables, wrt)
     c.enable_x64()
-    pot = c.make_potential(potential, c.parse_params(params), potential_file)
+    pot = c.make_potential(potential, values, potential_file)
     systems = [c.make_system(a, pot, s) for a, s in zip(atoms, structures)]
+    from .sensitivity import _check_names
+
     for system in systems:
         _check_names(system, pot, wrt, observables, relax_cell)
     from ..studies import scan, validate_sweep
@@ -142,6 +153,26 @@ def _check_backend(workers: int | None, scheduler: str | None) -> None:
         if importlib.util.find_spec("distributed") is None:
             raise c.BadInput("--workers/--scheduler need dask.distributed: "
                              "pip install 'mdsens[dask]'")
+
+
+def _check_sweep(sweep: dict[str, list[float]], info: catalog.PotentialInfo,
+                 values: dict[str, Any]) -> None:
+    """Without JAX: each swept name is a differentiable parameter of the potential (or one
+    pair of a per-pair table), with finite, distinct values, and no parameter is swept
+    both whole and per pair (``validate_sweep`` checks the built potential again)."""
+    whole: set[str] = set()
+    paired: set[str] = set()
+    for name, points in sweep.items():
+        c.check_parameter_name(name, info, values, "--sweep")
+        base, pair, _ = name.partition("[")
+        (paired if pair else whole).add(base)
+        if not all(math.isfinite(v) for v in points):
+            raise c.BadInput(f"--sweep {name!r} has non-finite values")
+        if len(set(points)) != len(points):
+            raise c.BadInput(f"--sweep {name!r} repeats a value")
+    both = whole & paired
+    if both:
+        raise c.BadInput(f"--sweep {sorted(both)} swept both whole and per species pair")
 
 
 def _grid_size(sweep: dict) -> int:

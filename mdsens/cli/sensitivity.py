@@ -52,8 +52,11 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))
     c.check_output(output, overwrite)
-    _check_observables(observables)
+    info = c.check_potential(potential, values, potential_file)
+    c.check_observables(observables)
+    c.check_wrt(wrt, info, values, relax_cell)
     atoms = c.load_structure(structure, fmt)
+    c.check_structure(atoms, structure, info, values, observables, wrt)
     c.enable_x64()
     pot = c.make_potential(potential, values, potential_file)
     system = c.make_system(atoms, pot, structure)
@@ -86,18 +89,9 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
     c.finish(result.converged, result.problems, output, quiet, written)
 
 
-def _check_observables(observables) -> None:
-    from ..md import observables as obs_mod
-
-    for name in observables:
-        if name not in obs_mod.NAMES:
-            raise c.BadInput(f"unknown observable {name!r}; known: {', '.join(obs_mod.NAMES)}")
-        if name == "distances":
-            raise c.BadInput("the 'distances' observable needs atom pairs; use the Python API")
-
-
 def _check_names(system, pot, wrt, observables, relax_cell) -> None:
-    """Validate wrt and observables as the library would, before any work."""
+    """Validate wrt and observables as the library does, before any work (the checks of
+    ``_common`` already ran without JAX; this keeps the library's own word final)."""
     from ..md import observables as obs_mod
     from ..md._problem import parse_wrt
 
