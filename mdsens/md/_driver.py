@@ -33,13 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _relax_loop as _loop
+from ._models import model_for
 from ._relaxation import Relaxation, Status
-from .model import EnergyModel, Neighbors, build
+from .model import EnergyModel, Neighbors
 from .options import RelaxOptions
 from .potentials.base import LJ_BOND_STIFFNESS
 from .system import System
 
-__all__ = ["MAX_STALLED_REPAIRS", "context", "drive", "params_finite", "resolve_model"]
+__all__ = ["MAX_STALLED_REPAIRS", "context", "default_params", "drive", "params_finite",
+           "resolve_model"]
 
 MAX_STALLED_REPAIRS = 3
 
@@ -135,14 +137,25 @@ def context(system: System, params: dict, options: RelaxOptions,
 
 def resolve_model(system: System, potential: Any, options: RelaxOptions) -> EnergyModel:
     """``potential`` itself when it is an ``EnergyModel`` built for ``system``'s layout (its
-    own list settings then win), else ``build(system, potential, ...)`` with the options'
-    neighbour-list settings."""
+    own list settings then win), else the model for ``system`` and ``potential`` with the
+    options' neighbour-list settings -- one an earlier call built for the same program
+    when there is one (:func:`mdsens.md._models.model_for`), so its compiled code is
+    reused."""
     if isinstance(potential, EnergyModel):
         if potential.n_atoms != system.n_atoms or potential.dim != system.dim:
             raise ValueError("the EnergyModel was built for another system layout")
         return potential
-    return build(system, potential, neighbor_list=options.neighbor_list, skin=options.skin,
-                 capacity_multiplier=options.capacity_multiplier)
+    return model_for(system, potential, neighbor_list=options.neighbor_list,
+                     skin=options.skin, capacity_multiplier=options.capacity_multiplier,
+                     devices=options.devices)
+
+
+def default_params(potential: Any, model: EnergyModel, params: dict | None) -> dict:
+    """The parameters to relax at: ``params``, else the potential's own (a shared model's
+    potential may be another caller's, with other values)."""
+    if params is not None:
+        return params
+    return model.params if isinstance(potential, EnergyModel) else potential.params
 
 
 def params_finite(params: Any) -> bool:
@@ -383,9 +396,11 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
         if repair:
             if not members.batched and flags[0] & _loop.SMALL_CELL:
                 R, cell = _loop.to_cartesian(state.position, ctx, relax_cell)
-                model = build(systems[0].replace(positions=R, cell=cell), model.potential,
-                              neighbor_list=model.uses_neighbor_list, skin=model.skin,
-                              capacity_multiplier=model.capacity_multiplier)
+                model = model_for(systems[0].replace(positions=R, cell=cell),
+                                  model.potential, neighbor_list=model.uses_neighbor_list,
+                                  skin=model.skin,
+                                  capacity_multiplier=model.capacity_multiplier,
+                                  devices=options.devices)
                 members = _Members(model, options, 1)
             try:
                 state, flags = members.repair(ctx, state, repair, stalled)

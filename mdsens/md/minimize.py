@@ -182,7 +182,7 @@ def relax(
     if options.relax_cell and not system.is_periodic:
         raise ValueError("relax_cell=True needs a periodic system")
     model = _driver.resolve_model(system, potential, options)
-    params = model.params if params is None else params
+    params = _driver.default_params(potential, model, params)
     model.check_params(params)
     (result,) = _driver.drive(model, [system], [params], options, nbrs=nbrs,
                               callback=callback)

@@ -63,6 +63,7 @@ from .potentials.base import (
     pair_param,
 )
 from .potentials.pair import PairPotential, symmetrized
+from .sharding import mesh_for
 from .system import System
 
 __all__ = ["AUTO_NEIGHBOR_THRESHOLD", "EnergyModel", "Neighbors", "build"]
@@ -166,6 +167,8 @@ class EnergyModel:
       cutoff: interaction range in Å (None when the potential has none).
       skin: neighbour-list skin and small-cell margin, Å.
       uses_neighbor_list: whether :meth:`energy` needs ``nbrs``.
+      mesh: the ``jax.sharding.Mesh`` whose devices share each evaluation (row blocks of
+        the neighbour list; :mod:`mdsens.md.sharding`), or None for one device.
     """
 
     potential: Potential
@@ -178,6 +181,7 @@ class EnergyModel:
     skin: float
     uses_neighbor_list: bool
     capacity_multiplier: float = 1.25
+    mesh: Any = None
     _neighbor_fn: Any = None
     _origin: np.ndarray | None = None
     _all_pairs: np.ndarray | None = None
@@ -241,7 +245,7 @@ class EnergyModel:
             idx = None if self._all_pairs is None else jnp.asarray(self._all_pairs)
             images = None
         geom = Geometry(R_s, C_s, jnp.asarray(self._species_s()), idx, self._pad_distance,
-                        images)
+                        images, self.mesh)
         e = self.potential.total_energy(params, geom)
         return e / self.n_copies if self.n_copies > 1 else e
 
@@ -423,12 +427,18 @@ class EnergyModel:
         return template.set(idx=idx, reference_position=X, error=error, max_occupancy=width)
 
     def _stable(self, nlist: partition.NeighborList) -> partition.NeighborList:
-        """Reuse one cell-list function per (capacity, box) across allocations.
+        """Reuse one cell-list function per (capacity, box) across allocations, and keep
+        the cell size as a Python float.
 
         jax-md puts a fresh ``cell_list_fn`` closure into every allocated list as a static
         field; two lists for the same system would then never share compiled code. An
         equivalent closure is cached on the model and swapped in.
         """
+        if nlist.cell_size is not None and np.ndim(nlist.cell_size) == 0 \
+                and not isinstance(nlist.cell_size, float):
+            # a static field compared at every jit call: a Python float compares for free,
+            # a jax scalar needs an eager program (compiled once per process)
+            nlist = nlist.set(cell_size=float(nlist.cell_size))
         fn = nlist.cell_list_fn
         if fn is None:
             return nlist
@@ -562,6 +572,7 @@ def build(
     neighbor_list: Literal["auto"] | bool = "auto",
     skin: float | None = None,
     capacity_multiplier: float = 1.25,
+    devices: Any = "auto",
 ) -> EnergyModel:
     """Bind ``potential`` to ``system``'s layout (atom count, pbc, species, cell size).
 
@@ -572,6 +583,8 @@ def build(
         internal atoms), True or False.
       skin: neighbour-list skin and small-cell margin in Å (default 0.1 * cutoff).
       capacity_multiplier: jax-md's spare neighbour capacity factor at allocation.
+      devices: devices that share each energy evaluation of a system with a neighbour
+        list (:func:`mdsens.md.sharding.mesh_for`): ``"auto"``, a count, or None.
     Raises:
       ValueError: unknown ``neighbor_list`` value, species the potential lacks, or a list
         requested for a potential without a cutoff.
@@ -618,6 +631,7 @@ def build(
         skin=float(skin),
         uses_neighbor_list=use_nl,
         capacity_multiplier=float(capacity_multiplier),
+        mesh=mesh_for(n_internal, devices) if use_nl else None,
         **kw,
     )
 

@@ -64,6 +64,8 @@ class RelaxOptions:
       neighbor_list: ``"auto"``, True or False (see ``mdsens.md.build``).
       skin: neighbour-list skin, Å (None: 0.1 × cutoff).
       capacity_multiplier: spare neighbour-list capacity at allocation.
+      devices: devices that share each energy evaluation (``mdsens.md.sharding``):
+        ``"auto"`` (all of them for large systems), a count, or None (one device).
     """
 
     method: Method = "fire"
@@ -81,6 +83,7 @@ class RelaxOptions:
     neighbor_list: NeighborListChoice = "auto"
     skin: float | None = None
     capacity_multiplier: float = 1.25
+    devices: str | int | None = "auto"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -118,6 +121,10 @@ class RelaxOptions:
         if not (math.isfinite(mult) and mult >= 1):
             raise ValueError(f"capacity_multiplier must be >= 1, got {self.capacity_multiplier}")
         put("capacity_multiplier", mult)
+        if not (self.devices in ("auto", None) or (isinstance(self.devices, int)
+                                                   and self.devices >= 1)):
+            raise ValueError(f"devices must be 'auto', None or a count >= 1, "
+                             f"got {self.devices!r}")
 
     @classmethod
     def of(cls, options: RelaxOptions | dict | None = None, **settings: Any) -> RelaxOptions:

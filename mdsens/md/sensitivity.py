@@ -58,6 +58,7 @@ from ..implicit import SolveInfo, Status, root_jvp, root_vjp
 from ..implicit.bounds import jacobian_error_estimate, lanczos_ritz
 from . import observables as obs_mod
 from . import zero_modes
+from ._models import model_for, same_form
 from ._problem import (
     RootProblem,
     SolverPlan,
@@ -67,7 +68,7 @@ from ._problem import (
 )
 from .elastic import elastic_constants
 from .minimize import relax
-from .model import EnergyModel, build
+from .model import EnergyModel
 from .options import DERIVATIVE_DEFAULTS, RelaxOptions
 from .results import Sensitivity, SensitivityError, SensitivityWarning
 from .strain import n_voigt
@@ -400,26 +401,15 @@ def _model_and_list(relaxation, potential, relaxed: System, neighbor_list):
     shared between warm-started relaxations of a study); it is reallocated if it overflowed.
     """
     model = getattr(relaxation, "model", None)
-    if model is None or not _same_potential(model.potential, potential) \
+    if model is None or not same_form(model.potential, potential) \
             or model.n_atoms != relaxed.n_atoms:
-        model = build(relaxed, potential, neighbor_list=neighbor_list)
+        model = model_for(relaxed, potential, neighbor_list=neighbor_list)
         return model, model.allocate(relaxed.positions, relaxed.cell if relaxed.is_periodic
                                      else None)
     nbrs = getattr(relaxation, "nbrs", None)
     if model.uses_neighbor_list and (nbrs is None or bool(model.overflowed(nbrs))):
         nbrs = model.allocate(relaxed.positions, relaxed.cell if relaxed.is_periodic else None)
     return model, nbrs
-
-
-def _same_potential(a, b) -> bool:
-    """Same potential form (class, static settings, species); parameters may differ."""
-    if a is b:
-        return True
-    try:
-        return (type(a) is type(b) and a.species == b.species
-                and bool(a.settings == b.settings))
-    except (TypeError, ValueError):  # settings holding arrays
-        return False
 
 
 def _position_hvp(problem: RootProblem, x_star, theta0, hessian: str = "autodiff"):

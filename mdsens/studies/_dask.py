@@ -364,7 +364,8 @@ def _model(job: _Shared, system: Any, base: Any) -> Any:
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = build(system, _spec.potential_at(base, job.model_point))
+            # one device per worker: the workers already share the machine's cores
+            model = build(system, _spec.potential_at(base, job.model_point), devices=None)
             while len(_MODELS) >= _MAX_MODELS:
                 _MODELS.pop(next(iter(_MODELS)))
             _MODELS[key] = model

@@ -99,6 +99,9 @@ class Geometry:
       images: optional ``(image slots (N, M), reference fractional positions (N, d))`` of
         the list (``mdsens.md.Neighbors.images``): pair forces may then read each pair's
         displacement from its periodic image instead of taking the minimum image.
+      mesh: optional ``jax.sharding.Mesh`` whose devices share the evaluation, row blocks
+        of the list each (:mod:`mdsens.md.sharding`); potentials that cannot split their
+        work ignore it.
     """
 
     positions: Array
@@ -107,6 +110,7 @@ class Geometry:
     idx: Array | None
     pad_distance: float
     images: tuple[Array, Array] | None = None
+    mesh: Any = None
 
     @property
     def periodic(self) -> bool:
@@ -408,9 +412,9 @@ class Potential:
     """The Hessian couples atoms up to this many cutoffs apart: 1 for pair potentials, 2
     for three-body and embedded-atom ones (neighbours of a common neighbour)."""
     bond_stiffness: ClassVar[float] = LJ_BOND_STIFFNESS
-    r"""The dimensionless stiffness of a bond, :math:`\kappa = \ell^2\phi''/arepsilon` at
+    r"""The dimensionless stiffness of a bond, :math:`\kappa = \ell^2\phi''/\varepsilon` at
     the pair minimum or contact (ℓ, ε the potential's length and energy units). It only
-    scales the relaxation's time unit, :math:`	au = \ell\sqrt{m/arepsilon}
+    scales the relaxation's time unit, :math:`\tau = \ell\sqrt{m/\varepsilon}
     \sqrt{\kappa_{LJ}/\kappa}`, so that the default time steps (measured on Lennard-Jones,
     :math:`\kappa_{LJ} = 57.15`) suit softer potentials too. Default: Lennard-Jones's."""
 

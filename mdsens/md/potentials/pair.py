@@ -30,9 +30,12 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import shard_map
 from jax.custom_derivatives import SymbolicZero
+from jax.sharding import PartitionSpec as P
 
 from .._fusion import materialize
+from ..sharding import AXIS
 from .base import (
     Array,
     Geometry,
@@ -143,9 +146,9 @@ class PairPotential(Potential):
         The cell derivative comes from the virial of the same pass; derivatives with
         respect to the parameters are plain forward mode.
         """
-        return _pair_total_energy(self, geometry.pad_distance, params, geometry.positions,
-                                  geometry.cell, geometry.species, geometry.idx,
-                                  geometry.images)
+        return _pair_total_energy(self, geometry.pad_distance, geometry.mesh, params,
+                                  geometry.positions, geometry.cell, geometry.species,
+                                  geometry.idx, geometry.images)
 
 
 def symmetrized(params: Params) -> Params:
@@ -169,8 +172,8 @@ def _plain_total_energy(pot, pad, params, R, cell, species, idx):
     return pot.energy(params, Geometry(R, cell, species, idx, pad).neighborhood())
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _pair_total_energy(pot, pad, params, R, cell, species, idx, images):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _pair_total_energy(pot, pad, mesh, params, R, cell, species, idx, images):
     return _plain_total_energy(pot, pad, params, R, cell, species, idx)
 
 
@@ -196,62 +199,77 @@ CHUNKED_ABOVE = 1024
 
 
 def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, images=None,
-                                  virial=False):
+                                  virial=False, mesh=None):
     r"""Energy and :math:`\partial E/\partial R_i = -\sum_m \phi'(r_{im})\,\hat d_{im}`
     from each atom's own row of the full list, evaluated ``ROW_CHUNK`` rows at a time, and
     with ``virial`` (static) also :math:`W = \tfrac12 \sum_{i,m} \phi'(r_{im})\,
     d_{im} \otimes d_{im} / r_{im}` (``(d, d)``; :math:`\partial E/\partial\epsilon` of a
     homogeneous strain :math:`R \to R(I + \epsilon)`, :math:`C \to C(I + \epsilon)`).
     Blocked evaluations of periodic lists with image slots read the displacements from
-    the images (``Geometry.image_neighborhood_fn``), the others take the minimum image."""
+    the images (``Geometry.image_neighborhood_fn``), the others take the minimum image.
+    With a ``mesh`` (:mod:`mdsens.md.sharding`) the blocks are split evenly over its
+    devices, each of which sees every position and returns its own rows."""
     n, d = R.shape
     blocked = n > CHUNKED_ABOVE
     chunk = ROW_CHUNK if blocked else n
     n_chunks = -(-n // chunk)
+    shards = mesh.size if (mesh is not None and blocked) else 1
+    n_chunks = -(-n_chunks // shards) * shards
     rows = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
-    geometry = Geometry(R, cell, species, idx, pad, images)
     sym = symmetrized(params)
     pairs = [(k, m) for k in range(d) for m in range(k, d)]  # the virial's upper triangle
-
-    if blocked and images is not None and cell is not None:
-        neighborhood = geometry.image_neighborhood_fn()
-    else:
-        neighborhood = geometry.neighborhood_fn(by_component=blocked)
-
     if pot.has_r2_form:
         sym = pot.r2_coefficients(**sym)
 
-    def block(rows_b):
-        nb = neighborhood(rows_b)
-        p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in sym.items()}
-        if pot.has_r2_form:
-            # coef = 2 dφ/d(r²) = φ'(r)/r, without a square root; padded slots sit at
-            # pad_distance, beyond the cutoff, where an r²-form φ and dφ are exactly 0
-            r2 = functools.reduce(jnp.add, [nb.dR[..., k] ** 2 for k in range(d)])
-            e_pair, dphi = jax.jvp(lambda x: pot.pair_energy_r2(x, **p), (r2,),
-                                   (jnp.ones_like(r2),))
-            coef = 2.0 * dphi
+    def blocks(R, cell, species, idx, images, sym, rows):
+        """The per-block energies, gradients (and virials) of ``rows`` ``(b, chunk)``."""
+        geometry = Geometry(R, cell, species, idx, pad, images)
+        if blocked and images is not None and cell is not None:
+            neighborhood = geometry.image_neighborhood_fn()
         else:
-            e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,),
-                                   (jnp.ones_like(nb.r),))
-            e_pair = jnp.where(nb.mask, e_pair, 0.0)
-            coef = jnp.where(nb.mask, dphi / nb.r, 0.0)
-        # one buffer for φ'(r)/r: fused into each of the d component sums, XLA would
-        # evaluate the pair function d times (≈ 25 % of a Kob–Andersen step)
-        coef = materialize(coef, nb.idx[0, 0])
-        e_rows = 0.5 * jnp.sum(e_pair, axis=1)
-        grad = -jnp.stack([jnp.sum(coef * nb.dR[..., k], axis=1) for k in range(d)], -1)
-        if not virial:
-            return e_rows, grad
-        w_rows = jnp.stack([0.5 * jnp.sum(coef * nb.dR[..., k] * nb.dR[..., m], axis=1)
-                            for k, m in pairs], -1)
-        return e_rows, grad, w_rows
+            neighborhood = geometry.neighborhood_fn(by_component=blocked)
 
+        def block(rows_b):
+            nb = neighborhood(rows_b)
+            p = {k: pair_param(v, nb.species, nb.neighbor_species) for k, v in sym.items()}
+            if pot.has_r2_form:
+                # coef = 2 dφ/d(r²) = φ'(r)/r, without a square root; padded slots sit at
+                # pad_distance, beyond the cutoff, where an r²-form φ and dφ are exactly 0
+                r2 = functools.reduce(jnp.add, [nb.dR[..., k] ** 2 for k in range(d)])
+                e_pair, dphi = jax.jvp(lambda x: pot.pair_energy_r2(x, **p), (r2,),
+                                       (jnp.ones_like(r2),))
+                coef = 2.0 * dphi
+            else:
+                e_pair, dphi = jax.jvp(lambda r: pot.pair_energy(r, **p), (nb.r,),
+                                       (jnp.ones_like(nb.r),))
+                e_pair = jnp.where(nb.mask, e_pair, 0.0)
+                coef = jnp.where(nb.mask, dphi / nb.r, 0.0)
+            # one buffer for φ'(r)/r: fused into each of the d component sums, XLA would
+            # evaluate the pair function d times (≈ 25 % of a Kob–Andersen step)
+            coef = materialize(coef, nb.idx[0, 0])
+            e_rows = 0.5 * jnp.sum(e_pair, axis=1)
+            grad = -jnp.stack([jnp.sum(coef * nb.dR[..., k], axis=1) for k in range(d)], -1)
+            if not virial:
+                return e_rows, grad
+            w_rows = jnp.stack([0.5 * jnp.sum(coef * nb.dR[..., k] * nb.dR[..., m], axis=1)
+                                for k, m in pairs], -1)
+            return e_rows, grad, w_rows
+
+        if rows is None:
+            return block(None)
+        return jax.lax.map(block, rows)
+
+    args = (R, cell, species, idx, images, sym)
     if n_chunks == 1:
-        out = block(None)
+        out = blocks(*args, None)
         real = jnp.ones((n,), bool)
     else:
-        out = jax.lax.map(block, rows)
+        if shards > 1:
+            split = shard_map(blocks, mesh=mesh, in_specs=(P(),) * len(args) + (P(AXIS),),
+                              out_specs=P(AXIS), check_vma=False)
+            out = split(*args, rows)
+        else:
+            out = blocks(*args, rows)
         real = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)  # repeated rows
     energy = jnp.sum(jnp.where(real, out[0], 0.0))
     grad = out[1].reshape(n_chunks * chunk, d)[:n]
@@ -264,7 +282,7 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
     return energy, grad, W
 
 
-def _pair_total_energy_jvp(pot, pad, primals, tangents):
+def _pair_total_energy_jvp(pot, pad, mesh, primals, tangents):
     r"""Tangent of the energy from the row-wise gradient.
 
     Positions: :math:`\sum_i \partial E/\partial R_i \cdot \dot R_i`. Cell, at fixed
@@ -281,7 +299,7 @@ def _pair_total_energy_jvp(pot, pad, primals, tangents):
         tangent = jnp.zeros_like(energy)
     else:
         energy, grad_R, *virial = _energy_and_position_gradient(
-            pot, pad, params, R, cell, species, idx, images, virial=with_cell)
+            pot, pad, params, R, cell, species, idx, images, virial=with_cell, mesh=mesh)
         tangent = jnp.zeros_like(energy)
         if not isinstance(R_dot, SymbolicZero):
             tangent = tangent + jnp.sum(grad_R * R_dot)

@@ -1,0 +1,87 @@
+r"""Spreading one energy-and-force evaluation over several devices (CPU cores or
+accelerators): the rows of the neighbour list are split in equal blocks, one per device.
+
+Each device receives every position (replicated: a few hundred kB per step) and its own
+block of centre atoms; with a full neighbour list, the energy of atom i's row and
+:math:`\partial E/\partial R_i` come from row i alone (the scatter-free rule of
+:mod:`mdsens.md.potentials.pair`), so a device computes its atoms' forces with no
+communication, and the blocks are gathered once per evaluation (an all-gather of
+:math:`N \times d` numbers, plus a sum of the energy and virial). Everything else in a
+relaxation step (the minimiser's update, the neighbour-list check) is O(N) and runs on
+every device alike.
+
+Devices: on accelerators JAX sees every one. On CPU JAX sees one device unless the process
+starts with ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` (the ``mdsens`` command
+sets K to the number of usable cores; a Python program sets it before importing jax, see
+:func:`cpu_device_flag`). ``EnergyModel`` builds with ``devices="auto"`` use all devices for
+systems above :data:`MIN_ATOMS_PER_DEVICE` atoms per device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["AXIS", "MIN_ATOMS_PER_DEVICE", "cpu_device_flag", "mesh_for", "usable_cores"]
+
+# (this module imports jax only inside mesh_for: the command line reads the flag helpers
+# before jax is imported)
+
+AXIS = "rows"
+"""Name of the mesh axis that the neighbour-list rows are split along."""
+
+MIN_ATOMS_PER_DEVICE = 2048
+"""Below this many (internal) atoms per device a device's block is too small to pay for the
+per-evaluation gather; such systems run on one device."""
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_device_flag(count: int | None = None) -> str:
+    """The ``XLA_FLAGS`` entry that gives a CPU process ``count`` (default: every usable
+    core) JAX devices; it must be in the environment before jax is imported."""
+    return f"--xla_force_host_platform_device_count={count or usable_cores()}"
+
+
+@functools.lru_cache(maxsize=8)
+def _mesh(devices: tuple[Any, ...]) -> Any:
+    import numpy as np
+    from jax.sharding import Mesh
+
+    return Mesh(np.array(devices, dtype=object), (AXIS,))
+
+
+def mesh_for(n_atoms: int, devices: str | int | Sequence[Any] | None = "auto") -> Any:
+    """The mesh an energy model of ``n_atoms`` (internal) atoms evaluates on, or None for
+    one device.
+
+    Args:
+      devices: ``"auto"`` (every device of the default backend, when each gets at least
+        :data:`MIN_ATOMS_PER_DEVICE` atoms), an int (the first so many devices, whatever
+        the size), a sequence of devices, or None / 1 (one device).
+    """
+    import jax
+
+    if devices is None:
+        return None
+    if devices == "auto":
+        available = jax.devices()
+        count = min(len(available), n_atoms // MIN_ATOMS_PER_DEVICE)
+        chosen = tuple(available[:count])
+    elif isinstance(devices, int):
+        available = jax.devices()
+        if not 1 <= devices <= len(available):
+            raise ValueError(f"devices={devices}: this process has {len(available)} JAX "
+                             f"device(s) (on CPU see mdsens.md.sharding.cpu_device_flag)")
+        chosen = tuple(available[:devices])
+    else:
+        chosen = tuple(devices)
+    return _mesh(chosen) if len(chosen) > 1 else None
