@@ -49,6 +49,10 @@ first fcc size, a breakdown of mdsens's step cost (force evaluation, neighbour-l
 rebuild, minimiser overhead, a hand-derived force without autodiff) and a sweep over skin /
 chunk / capacity.
 
+``--cores K [K ...]`` runs ``benchmarks/cores.py`` instead (same systems; mdsens on K JAX
+CPU devices vs ``mpirun -np K lmp``, both pinned to the same K cores; parallel efficiency;
+every other option is then one of cores.py's), e.g. ``benchmarks/relax.py --cores 1 2``.
+
 Run pinned to one core (see benchmarks/README.md)::
 
     taskset -c 1 env OMP_NUM_THREADS=1 \\
@@ -65,6 +69,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -564,6 +569,14 @@ def print_tables(rows, checks):
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--cores" or a.startswith("--cores=") for a in argv):
+        # K-core scaling against `mpirun -np K lmp`: benchmarks/cores.py, with all options
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from cores import main as cores_main
+
+        cores_main(argv)
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help="smoke run: fcc N=4000, 1 repeat, ASE estimated, no glass")
@@ -587,6 +600,10 @@ def main(argv=None) -> None:
                                                              "/tmp/lmpvenv/bin/python"))
     p.add_argument("--no-lammps", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile mdsens on the first fcc size")
+    p.add_argument("--cores", type=int, nargs="+", metavar="K", default=None,
+                   help="run benchmarks/cores.py instead (mdsens on K JAX CPU devices vs "
+                   "`mpirun -np K lmp`, fcc N=32000 and the glass); every other option is "
+                   "then one of cores.py's (python benchmarks/cores.py --help)")
     p.add_argument("--no-fire1", "--no-other", dest="fire1", action="store_false",
                    help="skip the extra mdsens runs with --other-method")
     p.add_argument("--other-method", default="fire2", choices=["fire", "fire2", "gd"],
