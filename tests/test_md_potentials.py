@@ -103,10 +103,12 @@ SIGMA, EPS = 3.405, 0.0104  # argon, Å and eV: checks that lengths scale with s
 @pytest.mark.parametrize(
     "case, neighbor_list, replicas, uses_list",
     [
-        ("fcc256", "auto", (1, 1, 1), True),
+        ("fcc256", "auto", (1, 1, 1), False),  # "auto": all pairs up to 300 atoms
+        ("fcc256", True, (1, 1, 1), True),
         ("triclinic", False, (1, 1, 1), False),
         ("triclinic", True, (1, 1, 1), True),
-        ("fcc4", "auto", (4, 4, 4), True),
+        ("fcc4", "auto", (4, 4, 4), False),
+        ("fcc4", True, (4, 4, 4), True),
         ("cluster", False, (1, 1, 1), False),
         ("cluster", True, (1, 1, 1), True),
     ],
@@ -271,7 +273,7 @@ def test_param_gradient_matches_central_differences_with_neighbor_list():
     system = System.from_ase(atoms)
     sigma = {("Ar", "Ar"): 1.0, ("Ar", "Kr"): 1.04, ("Kr", "Kr"): 1.09}
     pot = potentials.lj(sigma=sigma, epsilon=0.8, r_onset=1.8)
-    model = build(system, pot)
+    model = build(system, pot, neighbor_list=True)
     assert model.uses_neighbor_list
     nbrs = model.allocate(system.positions, system.cell)
     capacity = nbrs.nlist.idx.shape[1]

@@ -24,7 +24,7 @@ Math and conventions
   at build; it stays valid while the widths exceed :math:`2 r_c` (skin is the margin).
 * Neighbour lists (jax-md, dense format, full i->j and j->i) are used when
   ``neighbor_list=True`` or, with ``"auto"``, when the (super)cell has more than
-  ``potential.neighbor_list_threshold`` atoms (200; 64 for many-body potentials).
+  ``potential.neighbor_list_threshold`` atoms (300; 64 for many-body potentials).
   Pairs are listed within :math:`r_c + \text{skin}`;
   :meth:`EnergyModel.update` rebuilds when an atom moved more than skin/2 since the last
   build or when the cell changed (a fractional-coordinate list cannot see a box change).
