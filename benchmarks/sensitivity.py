@@ -44,23 +44,38 @@ Quantities (each timed after a warm-up that compiles it; compile time reported a
   sizes also the x-coordinate of atom 0 (not translation-invariant) with the default and with
   ``solve_cg`` (no projection).
 
+EAM table derivatives of elastic constants (``eam4`` / ``eam32`` / ``eam108``, not in the
+default set): fcc Cu (cubic cell repeated 1, 2, 3 times: N = 4, 32, 108) with the LAMMPS
+``Cu_u3.eam`` tables (``data/potentials``; 499 knots each of F, rho, z2r), cell relaxed
+(fmax 1e-11 eV/Å, stress 1e-12 eV/Å³); ``sensitivity(..., relax_cell=True,
+wrt=["F", "rho", "z2r"], observables=["elastic_constants"])``: first call (compiles) and a
+second call (compiled), the elastic stage's share of each (``diagnostics["timings"]``;
+compile ≈ first − second), the process's peak RSS (each case runs in a fresh process, so
+the peak is that case's), and dC/dF_k for the knot with the largest derivative against a
+central difference of C from structures relaxed again at F_k ± 1e-7 eV (the step is small
+because C depends on one knot very non-linearly; see tests/test_eam_table_derivatives.py).
+
 Run pinned to one core (see benchmarks/README.md)::
 
     taskset -c 0 env OMP_NUM_THREADS=1 \\
       XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
       PYTHONPATH=. .venv/bin/python benchmarks/sensitivity.py [--quick]
+      ... benchmarks/sensitivity.py --cases eam4 eam32 eam108
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import jax
 
@@ -78,7 +93,8 @@ from mdsens.md import (  # noqa: E402
     potentials,
     zero_modes,  # noqa: E402
 )
-from mdsens.md.minimize import _natural_scales, relax  # noqa: E402
+from mdsens.md._driver import natural_scales  # noqa: E402  (mdsens's own ℓ, ε rule)
+from mdsens.md.minimize import relax  # noqa: E402
 from mdsens.md.sensitivity import sensitivity  # noqa: E402
 
 FMAX = 1e-8
@@ -203,7 +219,7 @@ def _safe_norm(tree):
 def make_unrolled(model, cell, R0, nbrs0, base_params):
     """K FIRE steps (library constants, same step cap) in a lax.scan, the neighbour list
     updated every step as in relax(); returns final positions and the overflow flag."""
-    ell, eps = _natural_scales(base_params)
+    ell, eps = natural_scales(base_params)
     tau = ell / math.sqrt(eps)
     dt0, dt_max, max_step = DT * tau, DT_MAX * tau, MAX_STEP * ell
     n_min, f_inc, f_dec, a0, f_a = 5, 1.1, 0.5, 0.1, 0.99
@@ -589,21 +605,118 @@ def report(rows, notes):
         print("NOTE:", note)
 
 
+# ------------------------------------------------------------------------------ EAM tables
+
+EAM_FILE = Path(__file__).resolve().parents[1] / "data" / "potentials" / "Cu_u3.eam"
+EAM_CASES = {"eam4": 1, "eam32": 2, "eam108": 3}  # fcc Cu, cubic cell repeated n × n × n
+EAM_RELAX = {"relax_cell": True, "fmax": 1e-11, "stress_tol": 1e-12, "max_steps": 100000}
+EAM_TABLES = ["F", "rho", "z2r"]
+EAM_FD_STEP = 1e-7  # eV, on one knot of F
+
+
+def fcc_cu(reps, a=3.615):
+    """fcc Cu, the cubic 4-atom cell repeated ``reps`` times along each axis (N = 4 reps³)."""
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    g = np.stack(np.meshgrid(*[np.arange(reps)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    R = (g[:, None, :] + base[None]).reshape(-1, 3) * a
+    return System.create(R, cell=np.eye(3) * reps * a, species=["Cu"] * len(R))
+
+
+def eam_case(name):
+    """One EAM case (run in a fresh process: ``peak_rss_mib`` is this case's peak)."""
+    import resource
+
+    jax.config.update("jax_enable_x64", True)
+    system = fcc_cu(EAM_CASES[name])
+    pot = potentials.get("eam", file=EAM_FILE)
+    model = build(system, pot)
+    tables = {k: np.asarray(v) for k, v in pot.params.items()}
+    out = {"case": name, "N": system.n_atoms, "internal": system.n_atoms * model.n_copies,
+           "knots": int(sum(tables[k].size for k in EAM_TABLES))}
+    t0 = time.perf_counter()
+    rel = relax(system, model, **EAM_RELAX)
+    out["relax"], out["steps"] = time.perf_counter() - t0, int(rel.steps)
+
+    def call(params=None, wrt=EAM_TABLES, relaxation=rel):
+        t0 = time.perf_counter()
+        res = sensitivity(relaxation.system, model, wrt=wrt,
+                          observables=["elastic_constants"], relax_cell=True,
+                          relaxation=relaxation, params=params, relax_options=EAM_RELAX)
+        return res, time.perf_counter() - t0
+
+    res, out["first"] = call()
+    out["first_elastic"] = res.diagnostics["timings"]["elastic"]
+    res2, out["second"] = call()
+    out["second_elastic"] = res2.diagnostics["timings"]["elastic"]
+    out["mode"] = res.diagnostics["elastic_solves"]["mode"]
+    out["converged"] = bool(res.converged)
+    out["same"] = float(np.abs(res.derivatives["elastic_constants"]["F"]
+                               - res2.derivatives["elastic_constants"]["F"]).max())
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["C11_C12_C44_GPa"] = [float(160.21766 * res.values["elastic_constants"][i, j])
+                              for i, j in ((0, 0), (0, 1), (3, 3))]
+
+    # central difference of C for the F knot with the largest derivative
+    d = res.derivatives["elastic_constants"]["F"]
+    k = np.unravel_index(np.argmax(np.abs(d).reshape(36, -1).max(axis=0)), tables["F"].shape)
+    values = []
+    for sign in (1.0, -1.0):
+        params = {key: v.copy() for key, v in tables.items()}
+        params["F"][k] += sign * EAM_FD_STEP
+        rel_h = relax(system, model, params=params, **EAM_RELAX)
+        values.append(call(params, ["pressure"], rel_h)[0].values["elastic_constants"])
+    fd = (values[0] - values[1]) / (2 * EAM_FD_STEP)
+    analytic = d[(..., *k)]
+    out["fd_knot"] = int(k[-1])
+    out["fd_rel_err"] = float(np.abs(fd - analytic).max() / np.abs(analytic).max())
+    return out
+
+
+def run_eam_case(name, eam_rows):
+    print(f"\n=== {name}: EAM Cu_u3, elastic constants wrt the tables ===", flush=True)
+    with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        r = pool.submit(eam_case, name).result()
+    print(r, flush=True)
+    eam_rows.append(r)
+
+
+def report_eam(eam_rows):
+    print("\n## Elastic constants wrt EAM tables (s; MiB)\n")
+    print("| system | N (internal) | knots | relax (steps) | sensitivity() first call "
+          "(elastic stage) | second call (elastic stage) | compile ≈ | peak RSS | mode | "
+          "FD rel. err (F knot) |")
+    print("|---|---|---:|---|---|---|---:|---:|---|---|")
+    for r in eam_rows:
+        print(f"| {r['case']} | {r['N']} ({r['internal']}) | {r['knots']} | "
+              f"{r['relax']:.1f} ({r['steps']}) | {r['first']:.1f} ({r['first_elastic']:.1f}) | "
+              f"{r['second']:.1f} ({r['second_elastic']:.1f}) | "
+              f"{r['first_elastic'] - r['second_elastic']:.1f} | {r['peak_rss_mib']:.0f} | "
+              f"{r['mode']} | {r['fd_rel_err']:.1e} (k = {r['fd_knot']}) |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="soft128 and lj1000 only")
-    ap.add_argument("--cases", nargs="*", default=None)
+    ap.add_argument("--cases", nargs="*", default=None,
+                    help=f"of {', '.join([*CASES, *EAM_CASES])}")
     args = ap.parse_args()
     cases = args.cases or (["soft128", "lj1000"] if args.quick
                            else ["soft128", "lj1000", "lj4000", "lj10000"])
     print(f"python {platform.python_version()}, jax {jax.__version__}, "
           f"{platform.processor() or platform.machine()}, cpus {os.cpu_count()}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    rows, notes = [], []
+    rows, notes, eam_rows = [], [], []
     t0 = time.perf_counter()
     for c in cases:
-        run_case(c, args.quick, rows, notes)
-    report(rows, notes)
+        if c in EAM_CASES:
+            run_eam_case(c, eam_rows)
+        else:
+            run_case(c, args.quick, rows, notes)
+    if rows:
+        report(rows, notes)
+    if eam_rows:
+        report_eam(eam_rows)
     print(f"\ntotal wall {time.perf_counter() - t0:.0f} s")
 
 
