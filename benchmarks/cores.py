@@ -1,5 +1,11 @@
-"""Parallel scaling on K cores: mdsens ``relax`` spread over K JAX CPU devices vs LAMMPS
-``mpirun -np K lmp``, each pinned to the same K cores.
+"""Parallel scaling on K cores: mdsens ``relax`` on K cores vs LAMMPS ``mpirun -np K lmp``,
+each pinned to the same K cores.
+
+mdsens uses the K cores through XLA's own thread pool (``--parallel threads``, default: one
+JAX device, the process pinned to K cores; the force loop's blocks are sized for it,
+``mdsens.md.potentials.pair.row_chunk``), or, with ``--parallel devices``, by splitting each
+force evaluation over K JAX CPU devices (``mdsens.md.sharding``; on jaxlib 0.10 the CPU
+devices run one after another, so this measures that path's overhead, not a speed-up).
 
 Cases (reduced LJ units, float64, fixed periodic cell; the systems, potentials and FIRE
 settings of ``benchmarks/relax.py``, whose docstring describes them):
@@ -14,9 +20,9 @@ settings of ``benchmarks/relax.py``, whose docstring describes them):
 
 For every K in ``--cores`` (default 1 2) and every case:
 
-- mdsens: a fresh Python process started with
-  ``XLA_FLAGS=--xla_force_host_platform_device_count=K`` (other XLA_FLAGS of the caller are
-  kept) and pinned with ``taskset -c <first K usable cores>`` (when taskset exists). It builds
+- mdsens: a fresh Python process (``--parallel devices``: started with
+  ``XLA_FLAGS=--xla_force_host_platform_device_count=K``, other XLA_FLAGS of the caller
+  kept) pinned with ``taskset -c <first K usable cores>`` (when taskset exists). It builds
   the model once, ``model = mdsens.md.build(system, potential, devices=K if K > 1 else
   None)``, and checks that ``model.mesh`` spans K devices (one device: no mesh). It then
   calls ``relax(system, model, fmax=1e-8, max_steps=200000)`` (the library's default
@@ -142,7 +148,7 @@ def worker(cfg_path: str) -> None:
         kw["method"] = cfg["method"]
 
     t0 = time.perf_counter()
-    model = build(system, pot, devices=K if K > 1 else None)
+    model = build(system, pot, devices=K if K > 1 and cfg["parallel"] == "devices" else None)
     t_build = time.perf_counter() - t0
     mesh_devices = 1 if model.mesh is None else int(model.mesh.devices.size)
 
@@ -160,6 +166,7 @@ def worker(cfg_path: str) -> None:
     warm = [one()[1] for _ in range(cfg["repeats"])]
     recompiled = dict(_relax_loop.TRACE_COUNT) != traces
     out = {"jax_devices": jax.device_count(), "mesh_devices": mesh_devices,
+           "parallel": cfg["parallel"],
            "import_s": t_import, "build_s": t_build, "first": first, "warm": warm,
            "recompiled": recompiled,
            "method": cfg["method"] or f"{RelaxOptions().method} (library default)",
@@ -192,13 +199,16 @@ def pin_prefix(cpus: list[int]) -> list[str]:
 
 def run_mdsens(case, K, cpus, npz, args, workdir, lammps_dump):
     cfg = {"case": case, "K": K, "npz": npz, "fmax": args.fmax, "repeats": args.repeats,
-           "max_steps": args.max_steps, "method": args.method, "lammps_dump": lammps_dump}
+           "max_steps": args.max_steps, "method": args.method, "lammps_dump": lammps_dump,
+           "parallel": args.parallel}
     cfg_path = os.path.join(workdir, f"md_{case}_{K}.json")
     with open(cfg_path, "w") as fh:
         json.dump(cfg, fh)
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                      if not f.startswith(DEVICE_FLAG))
-    env = {**os.environ, "XLA_FLAGS": f"{flags} {DEVICE_FLAG}={K}".strip(),
+    if args.parallel == "devices":
+        flags = f"{flags} {DEVICE_FLAG}={K}"
+    env = {**os.environ, "XLA_FLAGS": flags.strip(),
            "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH"))
                                          if p)}
     cmd = pin_prefix(cpus) + [sys.executable, os.path.abspath(__file__), "--worker", cfg_path]
@@ -353,7 +363,7 @@ def summarise(results, cores):
                    "md_fmax": md.get("first", {}).get("fmax"),
                    "md_energy": md.get("first", {}).get("energy"),
                    "md_converged": md.get("first", {}).get("converged"),
-                   "md_mesh_devices": md.get("mesh_devices"),
+                   "md_mesh_devices": md.get("mesh_devices"), "parallel": md.get("parallel"),
                    "md_method": md.get("method"),
                    "md_jax_devices": md.get("jax_devices"),
                    "md_recompiled": md.get("recompiled"),
@@ -415,7 +425,8 @@ def print_report(rows, cores):
             flags.append("mdsens recompiled in the warm calls")
         if r["md_same_steps"] is False:
             flags.append("mdsens warm steps differ from the first call")
-        if r["md_mesh_devices"] is not None and r["md_mesh_devices"] != r["K"]:
+        expected = r["K"] if r.get("parallel") == "devices" else 1
+        if r["md_mesh_devices"] is not None and r["md_mesh_devices"] != expected:
             flags.append(f"mdsens mesh has {r['md_mesh_devices']} devices, not {r['K']}")
         note = ("  " + "; ".join(flags)) if flags else ""
         print(f"| {r['case']} | {r['N']} | {r['K']} | {fmt(r['md_warm'])} | "
@@ -476,6 +487,9 @@ def main(argv=None) -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parallel", choices=["threads", "devices"], default="threads",
+                   help="how mdsens uses K cores: XLA's thread pool on one device "
+                        "(default) or K JAX CPU devices (mdsens.md.sharding)")
     p.add_argument("--cores", type=int, nargs="+", default=[1, 2],
                    help="core counts K to run (default 1 2); efficiency needs K = 1")
     p.add_argument("--quick", action="store_true",

@@ -454,6 +454,7 @@ def test_blocked_energy_and_force_matches_plain_autodiff(monkeypatch):
 
     monkeypatch.setattr(pair, "CHUNKED_ABOVE", 0)
     monkeypatch.setattr(pair, "ROW_CHUNK", 100)
+    monkeypatch.setattr(pair, "ROW_CHUNK_THREADED", 100)
     R, C, P, custom, plain = _rule_and_plain_energies()
     v = jax.random.normal(jax.random.PRNGKey(1), R.shape)
     w = jax.random.normal(jax.random.PRNGKey(2), C.shape)
@@ -485,6 +486,7 @@ def test_image_slots_give_the_minimum_image_energy_and_forces(monkeypatch):
 
     monkeypatch.setattr(pair, "CHUNKED_ABOVE", 0)
     monkeypatch.setattr(pair, "ROW_CHUNK", 100)
+    monkeypatch.setattr(pair, "ROW_CHUNK_THREADED", 100)
     base = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
     g = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3)
     a = 1.55

@@ -47,13 +47,6 @@ def main() -> None:
     # "1" is jax's own default, inherited from a parent Python process that imported jax.
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1") == "1":
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    # one JAX device per usable core, so that large systems spread their evaluations over
-    # all of them (mdsens.md.sharding); an XLA_FLAGS that sets a count is kept
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        from ..md.sharding import cpu_device_flag
-
-        os.environ["XLA_FLAGS"] = f"{flags} {cpu_device_flag()}".strip()
 
 
 main.add_command(relax_cmd)
