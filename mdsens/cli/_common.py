@@ -57,6 +57,10 @@ structure_argument = click.argument("structure", type=click.Path(path_type=Path)
 format_option = click.option(
     "--format", "fmt", default=None, metavar="FMT",
     help="ASE format of STRUCTURE (default: guessed from the name and content).")
+index_option = click.option(
+    "--index", default=None, metavar="INDEX",
+    help="Frame of a multi-frame STRUCTURE, ASE syntax: 0, -1, 2:5 (one frame where one is "
+         "used; default: the last, with a note when there are several).")
 potential_option = click.option(
     "-p", "--potential", required=True, metavar="NAME",
     help="Registered potential name or alias (see `mdsens potentials`).")
@@ -93,7 +97,8 @@ partial_option = click.option(
     help="When the run does not converge, still write OUTPUT (marked converged = false); "
          "--no-partial writes nothing. The exit code is 1 either way.")
 
-model_options = _stack(structure_argument, format_option, potential_option, param_option,
+model_options = _stack(structure_argument, format_option, index_option, potential_option,
+                       param_option,
                        potential_file_option, relax_cell_option, pressure_option, fmax_option,
                        max_steps_option, method_option)
 output_options = _stack(output_option, overwrite_option, quiet_option)
@@ -172,17 +177,52 @@ def enable_x64() -> None:
     enable()
 
 
-def load_structure(path: Path, fmt: str | None) -> Any:
-    """Read STRUCTURE into an ``ase.Atoms`` (BadInput on failure); a missing file is
-    refused before ASE is imported."""
-    check_structure_exists(path)
+def check_index(index: str | None) -> None:
+    """Refuse a ``--index`` that is not ASE's index syntax (before ASE or JAX is loaded)."""
+    if index is None:
+        return
     from ..io.errors import InputError
-    from ..io.structures import read
+    from ..io.structures import parse_index
 
     try:
-        return read(path, format=fmt)
+        parse_index(index)
+    except InputError as exc:
+        raise BadInput(f"--index: {exc}") from None
+
+
+def load_frames(path: Path, fmt: str | None, index: str | None) -> list[tuple[str, Any]]:
+    """The frames of STRUCTURE that ``--index`` selects, as ``(label, ase.Atoms)``; the
+    label is ``path`` for a one-frame file and ``path@k`` (k the frame number) otherwise.
+
+    Without ``--index``: the last frame, and a one-line note on stderr when the file has
+    several. BadInput for a missing/unreadable file or a bad or out-of-range index.
+    """
+    check_structure_exists(path)
+    check_index(index)
+    from ..io.errors import InputError
+    from ..io.structures import read_frames
+
+    try:
+        frames = read_frames(path, format=fmt, index=-1 if index is None else index)
     except InputError as exc:
         raise BadInput(str(exc)) from None
+    if index is None and frames.n_frames > 1:
+        click.echo(f"note: {path} has {frames.n_frames} frames; using the last (-1); "
+                   "choose with --index", err=True)
+    if frames.n_frames == 1:
+        return [(str(path), frames.images[0])]
+    return [(f"{path}@{k}", atoms) for k, atoms in zip(frames.indices, frames.images)]
+
+
+def load_structure(path: Path, fmt: str | None, index: str | None = None) -> Any:
+    """Read one frame of STRUCTURE into an ``ase.Atoms`` (BadInput on failure, or when
+    ``--index`` selects more or fewer than one frame); a missing file is refused before
+    ASE is imported. Frame choice and the note as in :func:`load_frames`."""
+    frames = load_frames(path, fmt, index)
+    if len(frames) != 1:
+        raise BadInput(f"{path}: --index {index} selects {len(frames)} frames; this command "
+                       "takes exactly one")
+    return frames[0][1]
 
 
 def check_structure_exists(path: Path) -> None:

@@ -20,13 +20,15 @@ DEFAULT_MAX_STEPS = 10000
 @c.model_options
 @c.output_options
 @c.partial_option
-def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cell, pressure,
-              fmax, max_steps, method, output: Path, overwrite: bool, quiet: bool,
+def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, relax_cell,
+              pressure, fmax, max_steps, method, output: Path, overwrite: bool, quiet: bool,
               partial: bool) -> None:
     """Relax STRUCTURE (positions, and the cell with --relax-cell).
 
     OUTPUT ending in .h5 gets the H5MD result file (structure, energy, diagnostics); any
-    other name is written by ASE in the format its extension implies (e.g. relaxed.xyz).
+    other name is written by ASE in the format its extension implies (e.g. relaxed.xyz:
+    extxyz with energy, forces, stress with --relax-cell, and converged/steps/fmax).
+    A multi-frame STRUCTURE is read at --index (default: the last frame).
     Exit code 1 when the relaxation does not converge (OUTPUT still written, unless
     --no-partial).
 
@@ -42,8 +44,9 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))
     c.check_output(output, overwrite)
+    c.check_index(index)
     info = c.check_potential(potential, values, potential_file)
-    atoms = c.load_structure(structure, fmt)
+    atoms = c.load_structure(structure, fmt, index)
     c.check_structure(atoms, structure, info, values)
     c.enable_x64()
     pot = c.make_potential(potential, values, potential_file)
@@ -60,6 +63,7 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
         relaxation = relax(system, model, relax_options, callback=callback, on_failure="ignore")
     converged = bool(relaxation.converged)
     config = {"command": "relax", "structure": str(structure), "format": fmt,
+              "index": index,
               "potential": potential, "params": config_params_json(values),
               "potential_file": None if potential_file is None else str(potential_file),
               "potential_file_sha256": c.file_digest(potential_file),
@@ -75,7 +79,7 @@ def relax_cmd(structure: Path, fmt, potential, params, potential_file, relax_cel
         from ..io.structures import write
 
         try:
-            write(relaxation.system.to_ase(), output)
+            write(relaxation.to_ase(), output)
         except InputError as exc:
             raise c.BadInput(str(exc)) from None
     if not quiet:

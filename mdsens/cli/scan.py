@@ -17,6 +17,10 @@ from . import _common as c
 @click.command("scan")
 @click.argument("structures", nargs=-1, required=True, type=click.Path(path_type=Path))
 @c.format_option
+@click.option("--index", default=None, metavar="INDEX",
+              help="Frames of each STRUCTURE, ASE syntax: 0, -1, 2:5, : (several frames "
+                   "become several structures, labelled FILE@K; default: the last "
+                   "frame).")
 @c.potential_option
 @c.param_option
 @c.potential_file_option
@@ -49,7 +53,7 @@ from . import _common as c
               help="Relax K consecutive points of a structure at once (vmap); each point's "
                    "sensitivities still run one after another. Ignored with Dask.")
 @c.quiet_option
-def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pressure, fmax,
+def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_cell, pressure, fmax,
              max_steps, method, sweeps, wrt, observables, mode, output: Path, resume: bool,
              overwrite: bool, workers: int | None, scheduler: str | None, batch: int,
              quiet: bool) -> None:
@@ -100,14 +104,15 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
     c.check_observables(observables)
     c.check_wrt(wrt, info, values, relax_cell)
     _check_sweep(sweep, info, values)
+    c.check_index(index)
     for s in structures:
         c.check_structure_exists(s)
-    atoms = [c.load_structure(s, fmt) for s in structures]
-    for a, s in zip(atoms, structures):
+    frames = [(s, label, a) for s in structures for label, a in c.load_frames(s, fmt, index)]
+    for s, _, a in frames:
         c.check_structure(a, s, info, values, observables, wrt)
     c.enable_x64()
     pot = c.make_potential(potential, values, potential_file)
-    systems = [c.make_system(a, pot, s) for a, s in zip(atoms, structures)]
+    systems = [c.make_system(a, pot, s) for s, _, a in frames]
     from .sensitivity import _check_names
 
     for system in systems:
@@ -126,7 +131,7 @@ def scan_cmd(structures, fmt, potential, params, potential_file, relax_cell, pre
                           relax_options=options or None,
                           sensitivity_options={"mode": mode} if mode != "auto" else None,
                           resume=resume, overwrite=overwrite,
-                          labels=[str(s) for s in structures], progress=progress,
+                          labels=[label for _, label, _ in frames], progress=progress,
                           command_line=c.command_line(), workers=workers,
                           scheduler=scheduler, batch=batch)
         except (ValueError, ConnectionError) as exc:

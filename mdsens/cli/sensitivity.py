@@ -28,7 +28,7 @@ DEFAULT_MAX_STEPS = 100000
               show_default=True, help="Forward (JVP) or reverse (VJP) differentiation.")
 @c.output_options
 @c.partial_option
-def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, relax_cell,
+def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_file, relax_cell,
                     pressure, fmax, max_steps, method, wrt, observables, mode, output: Path,
                     overwrite: bool, quiet: bool, partial: bool) -> None:
     """Relax STRUCTURE and write d(observable)/d(parameter) to OUTPUT (HDF5, H5MD 1.1).
@@ -52,10 +52,11 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))
     c.check_output(output, overwrite)
+    c.check_index(index)
     info = c.check_potential(potential, values, potential_file)
     c.check_observables(observables)
     c.check_wrt(wrt, info, values, relax_cell)
-    atoms = c.load_structure(structure, fmt)
+    atoms = c.load_structure(structure, fmt, index)
     c.check_structure(atoms, structure, info, values, observables, wrt)
     c.enable_x64()
     pot = c.make_potential(potential, values, potential_file)
@@ -76,6 +77,7 @@ def sensitivity_cmd(structure: Path, fmt, potential, params, potential_file, rel
                              relax_options=relax_options, callback=callback,
                              on_failure="ignore")
     config = {"command": "sensitivity", "structure": str(structure), "format": fmt,
+              "index": index,
               "potential": potential, "params": config_params_json(values),
               "potential_file": None if potential_file is None else str(potential_file),
               "potential_file_sha256": c.file_digest(potential_file),

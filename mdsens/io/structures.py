@@ -1,14 +1,19 @@
-"""Structure files through ASE: ``read(path, format=None)`` and ``write(atoms, path)``.
+"""Structure files through ASE: ``read(path, format=None, index=-1)``,
+``read_frames(path, format=None, index=":")`` and ``write(atoms, path)``.
 
 Any format ASE reads is accepted; the format is taken from ``format`` or guessed by ASE from
-the file name and content. Every failure is an :class:`~mdsens.io.errors.InputError` with a
-one-line message: missing, empty or unreadable file, unknown format, no atoms, non-finite
+the file name and content. Frames of a multi-frame file are chosen with ASE's index
+syntax (:func:`parse_index`: ``"0"``, ``"-1"``, ``"2:5"``, ``"::2"``, ``":"``). Every
+failure is an :class:`~mdsens.io.errors.InputError` with a one-line message: missing, empty
+or unreadable file, unknown format, bad or out-of-range index, no atoms, non-finite
 positions.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["read", "write", "known_formats"]
+__all__ = ["Frames", "known_formats", "parse_index", "read", "read_frames", "write"]
 
 # Suffixes ASE does not recognise by name, and the format (with read options) they mean.
 _SUFFIX_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -42,23 +47,47 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def read(path: str | os.PathLike, format: str | None = None) -> Any:
-    """Read the last image of a structure file into an ``ase.Atoms``.
+_INDEX_RE = re.compile(r"^\s*(-?\d+)\s*$|^\s*(-?\d*)\s*:\s*(-?\d*)\s*(?::\s*(-?\d*)\s*)?$")
 
-    Args:
-      path: the file.
-      format: an ASE format name (``"extxyz"``, ``"vasp"``, ``"cif"``, ``"lammps-data"``, ...)
-        or None to let ASE guess it from the name and content.
-    Returns:
-      ``ase.Atoms`` with at least one atom and finite positions.
+
+def parse_index(text: str | int | slice) -> int | slice:
+    """ASE's frame index syntax: ``"3"``/``"-1"`` -> an int, ``"2:5"``, ``"::2"``, ``":"``
+    -> a slice (Python semantics, negative counts from the end). Ints and slices pass.
+
     Raises:
-      InputError: missing/empty/unreadable file, unknown format, no atoms, non-finite
-        positions.
+      InputError: anything else, or a zero slice step.
     """
-    import ase.io
-    from ase.io.formats import UnknownFileTypeError
+    if isinstance(text, (int, slice)) and not isinstance(text, bool):
+        return text
+    m = _INDEX_RE.match(str(text))
+    if not m:
+        raise InputError(f"bad index {text!r}: expected ASE's syntax, e.g. 0, -1, 2:5, ::2 "
+                         "or :")
+    if m.group(1) is not None:
+        return int(m.group(1))
+    start, stop, step = (int(g) if g else None for g in m.group(2, 3, 4))
+    if step == 0:
+        raise InputError(f"bad index {text!r}: the slice step must not be 0")
+    return slice(start, stop, step)
 
-    p = Path(path)
+
+@dataclass(frozen=True)
+class Frames:
+    """Frames chosen from a structure file by :func:`read_frames`.
+
+    Attributes:
+      images: the chosen ``ase.Atoms``, in file order of the selection.
+      indices: their frame numbers in the file (0-based, non-negative).
+      n_frames: how many frames the file holds.
+    """
+
+    images: list[Any]
+    indices: list[int]
+    n_frames: int
+
+
+def _open_checks(p: Path, format: str | None) -> tuple[str | None, dict[str, Any]]:
+    """Refuse a missing/empty/unknown file; the format (and read options) to read it with."""
     _check_format(format)
     if not p.exists():
         raise InputError(f"{p}: no such file")
@@ -70,9 +99,9 @@ def read(path: str | os.PathLike, format: str | None = None) -> Any:
     if format is None and p.suffix.lower() in _SUFFIX_FORMATS:
         format, options = _SUFFIX_FORMATS[p.suffix.lower()]
     if format is None:
-        try:
-            from ase.io.formats import filetype
+        from ase.io.formats import UnknownFileTypeError, filetype
 
+        try:
             filetype(str(p), guess=False)
         except UnknownFileTypeError:
             raise InputError(
@@ -80,22 +109,89 @@ def read(path: str | os.PathLike, format: str | None = None) -> Any:
             ) from None
         except Exception:
             pass  # ASE's detector failed on the content; let read() report it
+    return format, options
+
+
+def _read_all(p: Path, format: str | None, options: dict[str, Any]) -> list[Any]:
+    """Every frame of ``p`` (``ase.io.read(index=":")``), failures as InputError."""
+    import ase.io
+    from ase.io.formats import UnknownFileTypeError
+
     try:
-        atoms = ase.io.read(str(p), format=format, index=-1, **options)
+        images = ase.io.read(str(p), format=format, index=":", **options)
     except UnknownFileTypeError as exc:
         raise InputError(f"{p}: unknown structure format ({_one_line(exc)})") from None
     except PermissionError:
         raise InputError(f"{p}: permission denied") from None
     except Exception as exc:  # ASE raises many types for malformed files
         raise InputError(f"{p}: cannot read as a structure file: {_one_line(exc)}") from None
-    if isinstance(atoms, list):  # pragma: no cover - index=-1 gives one image
-        atoms = atoms[-1]
+    images = images if isinstance(images, list) else [images]
+    if not images:
+        raise InputError(f"{p}: the file holds no structure")
+    return images
+
+
+def _check_atoms(atoms: Any, where: str) -> None:
     if len(atoms) == 0:
-        raise InputError(f"{p}: the structure has no atoms")
-    positions = np.asarray(atoms.get_positions())
-    if not np.all(np.isfinite(positions)):
-        raise InputError(f"{p}: non-finite atomic positions (NaN or inf)")
-    return atoms
+        raise InputError(f"{where}: the structure has no atoms")
+    if not np.all(np.isfinite(np.asarray(atoms.get_positions()))):
+        raise InputError(f"{where}: non-finite atomic positions (NaN or inf)")
+
+
+def read_frames(path: str | os.PathLike, format: str | None = None,
+                index: str | int | slice = ":") -> Frames:
+    """Read the frames ``index`` selects (ASE syntax, :func:`parse_index`) from a file.
+
+    Args:
+      path: the file.
+      format: an ASE format name or None to let ASE guess it.
+      index: one frame (``-1``, ``"0"``) or a slice (``"2:5"``, ``":"``).
+    Returns:
+      :class:`Frames` with at least one image, each with atoms and finite positions.
+    Raises:
+      InputError: as :func:`read`, a bad index, an index beyond the frames, or a slice
+        that selects no frame.
+    """
+    p = Path(path)
+    sel = parse_index(index)
+    format, options = _open_checks(p, format)
+    images = _read_all(p, format, options)
+    n = len(images)
+    if isinstance(sel, int):
+        if not -n <= sel < n:
+            raise InputError(f"{p}: index {index} is out of range: the file has {n} "
+                             f"frame{'s' if n != 1 else ''}")
+        indices = [sel % n]
+    else:
+        indices = list(range(n))[sel]
+        if not indices:
+            raise InputError(f"{p}: index {index!r} selects no frame of the {n}")
+    chosen = [images[i] for i in indices]
+    for i, atoms in zip(indices, chosen):
+        _check_atoms(atoms, str(p) if n == 1 else f"{p} frame {i}")
+    return Frames(chosen, indices, n)
+
+
+def read(path: str | os.PathLike, format: str | None = None,
+         index: str | int = -1) -> Any:
+    """Read one frame (default: the last) of a structure file into an ``ase.Atoms``.
+
+    Args:
+      path: the file.
+      format: an ASE format name (``"extxyz"``, ``"vasp"``, ``"cif"``, ``"lammps-data"``, ...)
+        or None to let ASE guess it from the name and content.
+      index: the frame, ASE syntax (``-1``, ``"0"``, or a slice that selects exactly one).
+    Returns:
+      ``ase.Atoms`` with at least one atom and finite positions.
+    Raises:
+      InputError: missing/empty/unreadable file, unknown format, bad index or one that
+        does not select exactly one frame, no atoms, non-finite positions.
+    """
+    frames = read_frames(path, format, index)
+    if len(frames.images) != 1:
+        raise InputError(f"{path}: index {index!r} selects {len(frames.images)} frames; "
+                         "exactly one is needed")
+    return frames.images[0]
 
 
 def write(atoms: Any, path: str | os.PathLike, format: str | None = None) -> None:

@@ -128,6 +128,30 @@ class Relaxation:
             text += f", max|sigma + p I|={float(self.stress_residual):.3g}"
         return text
 
+    def to_ase(self) -> Any:
+        r"""The relaxed structure as ``ase.Atoms`` with its results attached.
+
+        A ``SinglePointCalculator`` holds ``energy`` (= ``free_energy``, eV), ``forces``
+        ``(N, 3)`` (eV/Å) and, when the cell relaxed, ``stress`` as ASE's Voigt 6-vector
+        (xx, yy, zz, yz, xz, xy; eV/Å³); ``atoms.info`` holds ``converged``, ``steps``,
+        ``fmax`` (eV/Å) and ``status`` (the :class:`Status` name). ``ase.io.write(...,
+        format="extxyz")`` keeps all of them.
+        """
+        import numpy as np
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        atoms = self.system.to_ase()
+        energy = float(self.energy)
+        results: dict[str, Any] = {"energy": energy, "free_energy": energy,
+                                   "forces": np.asarray(self.forces, np.float64)}
+        if self.stress is not None and np.shape(self.stress) == (3, 3):
+            results["stress"] = full_3x3_to_voigt_6_stress(np.asarray(self.stress, np.float64))
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info.update(converged=bool(self.converged), steps=int(self.steps),
+                          fmax=float(self.fmax), status=self.status.name)
+        return atoms
+
 
 jax.tree_util.register_dataclass(
     Relaxation,
