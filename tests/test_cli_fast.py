@@ -244,6 +244,10 @@ def test_catalog_parameters_match_registry(info: catalog.PotentialInfo):
 
     pot = get(info.name, **_file_kwargs(info))
     assert set(pot.params) == set(info.differentiable)
+    assert set(type(pot).param_units) == set(pot.params), info.name  # every unit declared
+    for p in info.parameters:
+        if p.differentiable:
+            assert pot.parameter_unit(p.name) == p.unit, (info.name, p.name)
     for p in info.parameters:
         if p.default is None:
             continue

@@ -73,9 +73,31 @@ potential_file_option = click.option(
 relax_cell_option = click.option(
     "--relax-cell", is_flag=True,
     help="Relax the cell as well as the positions (at --pressure, default 0).")
+class _Pressure(click.ParamType):
+    """A pressure: a number in eV/Å^3, or a number with a unit ("1GPa", "0.5 eV/Ang^3",
+    "10 kbar") converted to eV/Å^3 with :mod:`mdsens.units`."""
+
+    name = "pressure"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        from ..units import value_in
+
+        try:
+            return value_in(str(value), "eV/Å^3")
+        except ValueError as exc:
+            raise BadInput(f"--pressure: {exc}") from None
+
+
 pressure_option = click.option(
-    "--pressure", type=float, default=None, metavar="P",
-    help="External pressure for --relax-cell, eV/Å^3 (1 GPa = 6.2415e-3 eV/Å^3).")
+    "--pressure", type=_Pressure(), default=None, metavar="P",
+    help="External pressure for --relax-cell: a number in eV/Å^3, or with a unit: 1GPa, "
+         "'0.5 eV/Ang^3', '10 kbar' (1 GPa = 6.2415e-3 eV/Å^3).")
 method_option = click.option(
     "--method", type=click.Choice(list(METHODS)), default=DEFAULT_METHOD, show_default=True,
     help="Minimiser of the relaxation (FIRE, FIRE 2.0 or gradient descent).")

@@ -6,7 +6,7 @@ The command line checks names (potential, ``--param``, ``--potential-file``,
 catalog, so that bad input is refused before JAX is imported (about a second). It mirrors
 the live registry of :mod:`mdsens.md.potentials` and :data:`mdsens.md.observables.NAMES`;
 ``tests/test_cli_fast.py`` checks that the two agree (names, aliases, parameter names,
-defaults, which parameters take per-pair tables, which need a periodic system). A potential
+defaults, units, which parameters take per-pair tables, which need a periodic system). A potential
 added to the registry must be added here too, or that test fails.
 """
 
@@ -39,8 +39,9 @@ class Parameter:
         (the name ``--wrt`` and ``--sweep`` take), else a static setting.
       default: the factory's value when none is given; None when the value comes from the
         potential file.
-      unit: ``"Å"``, ``"eV"``, ``"1/Å"``, ``"eV Å"``, ``"σ"`` (a multiple of sigma),
-        ``"1"`` (dimensionless) or ``""`` (depends on the file).
+      unit: ``"Å"``, ``"eV"``, ``"1/Å"``, ``"eV Å"``, ``"σ"`` (a multiple of sigma) or
+        ``"1"`` (dimensionless), as :mod:`mdsens.units` reads them; for a differentiable
+        parameter the unit the potential class declares (``Potential.param_units``).
       differentiable: a key of ``Potential.params`` (False: a static setting).
       settable: a factory keyword (``--param NAME=VALUE``); False for tables read from a
         file.
@@ -142,7 +143,7 @@ _TERSOFF_SILICON_B = (
 
 _EAM_TABLES = (
     Parameter("F", None, "eV", settable=False),
-    Parameter("rho", None, "", settable=False),
+    Parameter("rho", None, "1", settable=False),
     Parameter("z2r", None, "eV Å", settable=False),
 )
 

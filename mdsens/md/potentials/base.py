@@ -421,8 +421,19 @@ class Potential:
     \sqrt{\kappa_{LJ}/\kappa}`, so that the default time steps (measured on Lennard-Jones,
     :math:`\kappa_{LJ} = 57.15`) suit softer potentials too. Default: Lennard-Jones's."""
 
+    param_units: ClassVar[Mapping[str, str]] = {}
+    """Each differentiable parameter's unit in human form (:mod:`mdsens.units`: ``"Å"``,
+    ``"eV"``, ``"1/Å"``, ``"eV Å"``, ``"1"`` dimensionless). Every registered potential
+    declares all of its parameters; ``tests/test_cli_fast.py`` checks it against the
+    catalog."""
+
     params: Params
     species: tuple[str, ...] | None = None
+
+    def parameter_unit(self, name: str) -> str:
+        """The unit of parameter ``name`` (``"sigma[Ar,Kr]"`` is ``sigma``'s), or
+        ``"unknown"`` when it is not declared."""
+        return self.param_units.get(name.split("[", 1)[0], "unknown")
 
     @property
     def settings(self) -> dict[str, Any]:

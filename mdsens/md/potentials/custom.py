@@ -50,6 +50,12 @@ class Custom(Potential):
     energy_fn: Callable[..., Array] | None = None
     range: float | None = None
     keywords: tuple[str, ...] = _KEYWORDS
+    declared_units: tuple[tuple[str, str], ...] = ()
+    """``(parameter, unit)`` pairs the user declared (:func:`custom`'s ``units``)."""
+
+    def parameter_unit(self, name: str) -> str:
+        """The unit the user declared for ``name``, else ``"unknown"`` (never guessed)."""
+        return dict(self.declared_units).get(name.split("[", 1)[0], "unknown")
 
     def cutoff(self, params: Params | None = None) -> float | None:
         return self.range
@@ -88,6 +94,7 @@ def custom(
     *,
     cutoff: float | None = None,
     species: Sequence[str] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> Custom:
     """Potential from ``energy_fn(R, params, **kw)``; ``params`` any dict of arrays.
 
@@ -97,6 +104,11 @@ def custom(
         floating arrays).
       cutoff: interaction range in Å, used only to replicate small periodic cells.
       species: symbols the ``species`` indices should refer to (default: the system's).
+      units: parameter name -> unit (``"Å"``, ``"eV"``, ``"1/Å"``, ``"1"`` dimensionless,
+        any text :func:`mdsens.units.parse` reads); parameters not listed are
+        ``"unknown"``, and so are derivatives with respect to them.
+    Raises:
+      ValueError: a unit for a parameter that does not exist, or a unit that is not one.
     """
     if not callable(energy_fn):
         raise TypeError("custom: energy_fn must be callable")
@@ -105,5 +117,23 @@ def custom(
     p = jax.tree.map(as_param, dict(params or {}))
     sp = None if species is None else tuple(species)
     return Custom(
-        p, sp, energy_fn, None if cutoff is None else float(cutoff), _accepted_keywords(energy_fn)
+        p, sp, energy_fn, None if cutoff is None else float(cutoff), _accepted_keywords(energy_fn),
+        _declared_units(units or {}, p),
     )
+
+
+def _declared_units(units: Mapping[str, str], params: Mapping[str, Any]
+                    ) -> tuple[tuple[str, str], ...]:
+    """Check the user's units (known parameters, readable units) as sorted pairs."""
+    from ...units import UNKNOWN, parse
+
+    unknown = set(units) - set(params)
+    if unknown:
+        raise ValueError(f"custom: units for unknown parameters {sorted(unknown)}")
+    for name, unit in units.items():
+        if unit != UNKNOWN:
+            try:
+                parse(unit)
+            except ValueError as exc:
+                raise ValueError(f"custom: parameter {name}: {exc}") from None
+    return tuple(sorted((str(k), str(v)) for k, v in units.items()))

@@ -36,7 +36,7 @@ they are not used here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -94,6 +94,8 @@ class EAM(Potential):
     neighbor_list_threshold: ClassVar[int] = 64
 
     name = "eam"
+    param_units: ClassVar[Mapping[str, str]] = {"F": "eV", "rho": "1", "z2r": "eV Å"}
+    """F(ρ) in eV; ρ(r) a dimensionless density; z2r = r·φ(r) in eV·Å (LAMMPS metal)."""
     drho: float = 1.0
     dr: float = 1.0
     rc: float = 0.0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -356,6 +356,7 @@ class LennardJones(PairPotential):
     """
 
     name = "lennard_jones"
+    param_units: ClassVar[Mapping[str, str]] = {"sigma": "Å", "epsilon": "eV"}
     has_r2_form = True
     r_onset: float = 2.0
     r_cutoff: float = 2.5
@@ -410,6 +411,7 @@ class SoftSphere(PairPotential):
     """
 
     name = "soft_sphere"
+    param_units: ClassVar[Mapping[str, str]] = {"sigma": "Å", "epsilon": "eV", "alpha": "1"}
     bond_stiffness = 1.0  # σ² φ''/ε at contact for α = 2 (harmonic), the common choice
 
     def pair_energy(self, r: Array, sigma: Array, epsilon: Array, alpha: Array) -> Array:
@@ -454,6 +456,7 @@ class Morse(PairPotential):
     """
 
     name = "morse"
+    param_units: ClassVar[Mapping[str, str]] = {"sigma": "Å", "epsilon": "eV", "alpha": "1/Å"}
     r_onset: float = 2.0
     r_cutoff: float = 2.5
 

@@ -34,7 +34,7 @@ for every published file). ``stillinger_weber(file="GaN.sw")`` reads a LAMMPS fi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -82,6 +82,9 @@ class StillingerWeber(Potential):
     neighbor_list_threshold: ClassVar[int] = 64
 
     name = "stillinger_weber"
+    param_units: ClassVar[Mapping[str, str]] = {
+        "epsilon": "eV", "sigma": "Å", **dict.fromkeys(
+            ("A", "B", "p", "q", "a", "lambda", "gamma", "cos_theta0"), "1")}
     file: str | None = None
 
     def cutoff(self, params: Params | None = None) -> float:

@@ -35,7 +35,7 @@ setting. Defaults: Tersoff's Si(B) (PRB 37, 6991), identical to LAMMPS ``Si.ters
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -90,6 +90,9 @@ class Tersoff(Potential):
     neighbor_list_threshold: ClassVar[int] = 64
 
     name = "tersoff"
+    param_units: ClassVar[Mapping[str, str]] = {
+        "A": "eV", "B": "eV", "lambda1": "1/Å", "lambda2": "1/Å", "lambda3": "1/Å",
+        "R": "Å", "D": "Å", **dict.fromkeys(("beta", "n", "gamma", "c", "d", "h"), "1")}
     m: MExponent = 3
     file: str | None = None
 
