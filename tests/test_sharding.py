@@ -68,21 +68,16 @@ def two_devices() -> dict:
     return _run()
 
 
-def test_models_use_the_mesh_asked_for(two_devices):
-    assert two_devices["mesh"] == [True, True]
-
-
-def test_energy_forces_stress_equal_one_device(two_devices):
+def test_energy_forces_stress_and_relaxation_equal_one_device(two_devices):
+    """One test (one subprocess): a module fixture would run once per xdist worker."""
     import numpy as np
 
+    assert two_devices["mesh"] == [True, True]
     (e1, f1, s1), (e2, f2, s2) = two_devices["one"], two_devices["two"]
     assert e2 == pytest.approx(e1, rel=1e-13)
     np.testing.assert_allclose(f2, f1, rtol=0, atol=1e-13)
     np.testing.assert_allclose(s2, s1, rtol=0, atol=1e-15)
     assert np.max(np.abs(f1)) > 1e-2  # a state with forces, not a trivial comparison
-
-
-def test_cell_relaxation_equals_one_device(two_devices):
     steps1, steps2, e1, e2, converged = two_devices["relax"]
     assert converged and steps1 == steps2 and e2 == pytest.approx(e1, rel=1e-12)
 
