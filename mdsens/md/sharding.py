@@ -28,10 +28,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["AXIS", "MIN_ATOMS_PER_DEVICE", "cpu_device_flag", "mesh_for", "usable_cores"]
+__all__ = ["AXIS", "MIN_ATOMS_PER_DEVICE", "mesh_for", "usable_cores"]
 
-# (this module imports jax only inside mesh_for: the command line reads the flag helpers
-# before jax is imported)
+# (this module imports jax only inside mesh_for: usable_cores is read by code that must not
+# import jax)
 
 AXIS = "rows"
 """Name of the mesh axis that the neighbour-list rows are split along."""
@@ -49,12 +49,6 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_device_flag(count: int | None = None) -> str:
-    """The ``XLA_FLAGS`` entry that gives a CPU process ``count`` (default: every usable
-    core) JAX devices; it must be in the environment before jax is imported."""
-    return f"--xla_force_host_platform_device_count={count or usable_cores()}"
-
-
 @functools.lru_cache(maxsize=8)
 def _mesh(devices: tuple[Any, ...]) -> Any:
     import numpy as np
@@ -69,8 +63,9 @@ def mesh_for(n_atoms: int, devices: str | int | Sequence[Any] | None = "auto") -
 
     Args:
       devices: ``"auto"`` (every device of an accelerator backend, when each gets at
-        least :data:`MIN_ATOMS_PER_DEVICE` atoms; one device on CPU), an int (the first so many devices, whatever
-        the size), a sequence of devices, or None / 1 (one device).
+        least :data:`MIN_ATOMS_PER_DEVICE` atoms; one device on CPU), an int (the first
+        so many devices, whatever the size), a sequence of devices, or None / 1 (one
+        device).
     """
     import jax
 
@@ -85,8 +80,9 @@ def mesh_for(n_atoms: int, devices: str | int | Sequence[Any] | None = "auto") -
     elif isinstance(devices, int):
         available = jax.devices()
         if not 1 <= devices <= len(available):
-            raise ValueError(f"devices={devices}: this process has {len(available)} JAX "
-                             f"device(s) (on CPU see mdsens.md.sharding.cpu_device_flag)")
+            raise ValueError(
+                f"devices={devices}: this process has {len(available)} JAX device(s) (on "
+                f"CPU: XLA_FLAGS=--xla_force_host_platform_device_count=K before importing jax)")
         chosen = tuple(available[:devices])
     else:
         chosen = tuple(devices)
