@@ -57,7 +57,7 @@ def _forget(path, points):
             f["problems"][p] = b""
             f["status"][p] = b""
             for d in f["observables"].values():
-                d[p] = np.nan
+                d["value"][p] = np.nan  # time-dependent H5MD element
             for g in f["sensitivity"].values():
                 for d in g.values():
                     d[p] = np.nan

@@ -1,17 +1,26 @@
 r"""Result files in HDF5 following H5MD 1.1, with sensitivities as the ``mdsens`` module.
 
-Layout (every dataset time-independent; see ``docs/hdf5.md``)::
+Layout (see ``docs/hdf5.md``). The relaxed state is one frame (step 0, time 0) of
+time-dependent elements, the form MDAnalysis's and pyh5md's readers take::
 
     /h5md                       attrs version=[1, 1]; groups author (name), creator
-                                (name="mdsens", version)
-    /h5md/modules/mdsens        attrs version=[1, 0], kind ("sensitivity" | "relaxation")
-    /particles/all/position     (N, d) relaxed Cartesian positions, unit "Å"
+                                (name="mdsens", version), fixed-length strings
+    /h5md/modules/units         attrs version=[1, 0], system="SI"
+    /h5md/modules/mdsens        attrs version=[2, 0], kind ("sensitivity" | "relaxation")
+    /particles/all/position     step (1,), time (1,) unit "ps", value (1, N, d) relaxed
+                                Cartesian positions, unit "Angstrom"
     /particles/all/species      (N,) int32 index into attr ``names`` (chemical symbols)
     /particles/all/box          attrs dimension=d, boundary=("periodic"|"none",)*d;
-                                dataset edges (d, d), lattice vectors as rows, unit "Å"
-    /observables/<name>         value at the relaxed state, attr unit
+                                edges: step, time (links to position's), value (1, d, d),
+                                lattice vectors as rows, unit "Angstrom"
+    /observables/<name>         step, time (links), value (1, *obs.shape), attr unit
     /sensitivity/<obs>/<param>  d obs / d param, shape obs.shape + param.shape, attrs unit,
-                                observable_unit, parameter
+                                observable_unit, parameter, parameter_unit
+
+Units follow the grammar of the H5MD ``units`` module (:mod:`mdsens.units`); a quantity
+of mixed units (lattice parameters) has ``unit_components`` (one unit per component)
+instead of ``unit``; an undeclared unit (a custom potential's parameter, a user
+observable) has neither.
     /parameters                 attrs potential, wrt, converged, problems; groups potential
                                 (params, settings, species), parameter_shapes; dataset
                                 config (the run configuration as JSON)
@@ -36,14 +45,20 @@ from typing import Any
 
 import numpy as np
 
+from .. import units as _units
 from .errors import InputError
 
 __all__ = ["StoredResult", "read_result", "write_result", "H5MD_VERSION", "MODULE_VERSION"]
 
 H5MD_VERSION = (1, 1)
-MODULE_VERSION = (1, 0)
-_PARAM_UNITS = {"sigma": "Å", "epsilon": "eV", "alpha": "1", "pressure": "eV/Å^d",
-                "strain": "1"}
+UNITS_MODULE_VERSION = (1, 0)
+MODULE_VERSION = (2, 0)
+"""The ``mdsens`` module: 2.0 stores the relaxed state as time-dependent elements (1.0:
+time-independent datasets, still read)."""
+TIME_UNIT = "ps"
+"""Unit of the ``time`` datasets: relaxed states have no physical time (all zero), but
+MDAnalysis's reader requires a time unit."""
+_BUILTIN_PARAM_UNITS = {"pressure": "eV/Å^d", "strain": "1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,35 +162,128 @@ def _put(group: Any, name: str, value: Any) -> None:
     group.create_dataset(name, data=arr)
 
 
-def _structure(f: Any, system: Any) -> None:
+def fixed_string(obj: Any, name: str, value: str | list[str]) -> None:
+    """Attribute ``name`` as a fixed-length string (array), ASCII when it is, else UTF-8
+    (H5MD requires fixed-length strings for its own attributes)."""
     import h5py
 
-    positions = np.asarray(system.positions, np.float64)
-    cell = np.asarray(system.cell, np.float64)
-    d = positions.shape[1]
-    part = f.create_group("particles/all")
-    pos = part.create_dataset("position", data=positions)
-    pos.attrs["unit"] = "Å"
+    items = [value] if isinstance(value, str) else list(value)
+    encoding = "ascii" if all(s.isascii() for s in items) else "utf-8"
+    size = max([len(s.encode(encoding)) for s in items] + [1])
+    dtype = h5py.string_dtype(encoding, size)
+    data = np.array([s.encode(encoding) for s in items], dtype=f"S{size}")
+    obj.attrs.create(name, data[0] if isinstance(value, str) else data, dtype=dtype)
+
+
+def unit_string(obj: Any, name: str, value: str | list[str]) -> None:
+    """A unit attribute: ASCII, variable-length. H5MD's ``units`` module asks for
+    fixed-length strings, but MDAnalysis's reader (2.11) looks ``unit`` up as a Python
+    ``str``, which h5py returns only for variable-length strings."""
+    import h5py
+
+    dtype = h5py.string_dtype("ascii")
+    if isinstance(value, str):
+        obj.attrs.create(name, value, dtype=dtype)
+    else:
+        obj.attrs.create(name, np.array(value, dtype=object), dtype=dtype)
+
+
+def write_header(f: Any, kind: str, creator_version: str) -> None:
+    """The ``/h5md`` group: version, author (``$USER``), creator, the ``units`` module and
+    the ``mdsens`` module (``kind``)."""
+    h5 = f.create_group("h5md")
+    h5.attrs["version"] = np.array(H5MD_VERSION, np.int32)
+    fixed_string(h5.create_group("author"), "name", os.environ.get("USER", "unknown"))
+    creator = h5.create_group("creator")
+    fixed_string(creator, "name", "mdsens")
+    fixed_string(creator, "version", creator_version)
+    units = h5.create_group("modules/units")
+    units.attrs["version"] = np.array(UNITS_MODULE_VERSION, np.int32)
+    fixed_string(units, "system", "SI")
+    mod = h5.create_group("modules/mdsens")
+    mod.attrs["version"] = np.array(MODULE_VERSION, np.int32)
+    mod.attrs["kind"] = kind
+
+
+def set_unit(ds: Any, unit: str, dim: int, size: int | None = None) -> None:
+    """Attach a human-form unit (:mod:`mdsens.units`) to ``ds`` in the H5MD grammar:
+    ``unit``; ``unit_components`` for mixed units (``size`` components); nothing when the
+    unit is unknown."""
+    if "," in unit:
+        parts = _units.h5md_components(unit, size or 1, dim)
+        if parts is not None:
+            unit_string(ds, "unit_components", parts)
+        return
+    h5md = _units.to_h5md(unit, dim)
+    if h5md is not None:
+        unit_string(ds, "unit", h5md)
+
+
+def set_derivative_units(ds: Any, obs_unit: str, param: str, param_unit: str, dim: int,
+                         size: int) -> None:
+    """Units of d obs / d param on ``ds`` (composed with pint): ``unit`` or
+    ``unit_components``, ``observable_unit``, ``parameter_unit`` (each absent when
+    unknown), ``parameter``."""
+    if "," in obs_unit:
+        parts = _units.compose_components(obs_unit, param_unit, size, dim)
+        if parts is not None:
+            unit_string(ds, "unit_components", parts)
+    else:
+        unit = _units.compose(obs_unit, param_unit, dim)
+        if unit is not None:
+            unit_string(ds, "unit", unit)
+        if _units.to_h5md(obs_unit, dim) is not None:
+            unit_string(ds, "observable_unit", _units.to_h5md(obs_unit, dim))
+    if _units.to_h5md(param_unit, dim) is not None:
+        unit_string(ds, "parameter_unit", _units.to_h5md(param_unit, dim))
+    ds.attrs["parameter"] = param
+
+
+def parameter_unit(name: str, declared: Any) -> str:
+    """The human unit of ``--wrt`` parameter ``name``: ``pressure`` eV/Å^d, ``strain``
+    dimensionless, else ``declared(name)`` (a potential's ``parameter_unit``)."""
+    base = name.split("[", 1)[0]
+    return _BUILTIN_PARAM_UNITS.get(base) or declared(name)
+
+
+def time_dependent(group: Any, name: str, value: np.ndarray, steps: np.ndarray,
+                   like: Any = None) -> Any:
+    """H5MD time-dependent element ``group/name``: ``step`` (F,) int64, ``time`` (F,)
+    zeros in ps, ``value`` (F, ...); ``step`` and ``time`` are hard links to those of
+    ``like`` when given. Returns the ``value`` dataset."""
+    el = group.create_group(name)
+    if like is not None:
+        el["step"] = like["step"]
+        el["time"] = like["time"]
+    else:
+        el.create_dataset("step", data=np.asarray(steps, np.int64))
+        time = el.create_dataset("time", data=np.zeros(len(steps)))
+        unit_string(time, "unit", TIME_UNIT)
+    return el.create_dataset("value", data=value)
+
+
+def write_particles(part: Any, system: Any, positions: np.ndarray, edges: np.ndarray,
+                    steps: np.ndarray) -> None:
+    """A particles group: ``position`` (F, N, d) and ``box/edges`` (F, d, d) at ``steps``,
+    in Å, with ``species`` (N,) and the box's ``dimension`` and ``boundary``."""
+    import h5py
+
+    d = positions.shape[-1]
+    pos = time_dependent(part, "position", positions, steps)
+    set_unit(pos, "Å", d)
     sp = part.create_dataset("species", data=np.asarray(system.species, np.int32))
     sp.attrs["names"] = np.array(system.species_names, dtype=h5py.string_dtype())
     box = part.create_group("box")
     box.attrs["dimension"] = np.int32(d)
-    box.attrs["boundary"] = np.array(
-        ["periodic" if p else "none" for p in system.pbc], dtype=h5py.string_dtype())
-    edges = box.create_dataset("edges", data=cell)
-    edges.attrs["unit"] = "Å"
+    fixed_string(box, "boundary", ["periodic" if p else "none" for p in system.pbc])
+    set_unit(time_dependent(box, "edges", edges, steps, like=part["position"]), "Å", d)
 
 
-def _param_unit(name: str) -> str:
-    base = name.split("[", 1)[0]
-    return _PARAM_UNITS.get(base, "")
-
-
-def _derivative_unit(obs_unit: str, param: str) -> str:
-    p = _param_unit(param)
-    if p in ("", "1"):
-        return obs_unit
-    return f"({obs_unit or '1'})/({p})"
+def _structure(f: Any, system: Any) -> None:
+    positions = np.asarray(system.positions, np.float64)
+    cell = np.asarray(system.cell, np.float64)
+    write_particles(f.create_group("particles/all"), system, positions[None], cell[None],
+                    np.zeros(1, np.int64))
 
 
 def write_result(
@@ -214,17 +322,9 @@ def write_result(
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         with h5py.File(tmp, "w") as f:
-            h5 = f.create_group("h5md")
-            h5.attrs["version"] = np.array(H5MD_VERSION, np.int32)
-            h5.create_group("author").attrs["name"] = os.environ.get("USER", "unknown")
-            creator = h5.create_group("creator")
-            creator.attrs["name"] = "mdsens"
-            creator.attrs["version"] = __version__
-            mod = h5.create_group("modules/mdsens")
-            mod.attrs["version"] = np.array(MODULE_VERSION, np.int32)
-            mod.attrs["kind"] = "sensitivity" if is_sens else "relaxation"
+            write_header(f, "sensitivity" if is_sens else "relaxation", __version__)
             _structure(f, relaxation.system)
-            _write_values(f, result, relaxation, is_sens)
+            _write_values(f, result, relaxation, is_sens, potential)
             _write_parameters(f, result, relaxation, system_input, potential, config, is_sens)
             if is_sens:
                 diagnostics = result.diagnostics
@@ -244,26 +344,32 @@ def write_result(
     return out
 
 
-def _write_values(f: Any, result: Any, relaxation: Any, is_sens: bool) -> None:
+def _write_values(f: Any, result: Any, relaxation: Any, is_sens: bool,
+                  potential: Any) -> None:
+    """``/observables/<name>`` (one frame, linked to the position's step and time) and
+    ``/sensitivity/<obs>/<param>`` with their units."""
     obs = f.create_group("observables")
+    like = f["particles/all/position"]
+    d = like["value"].shape[-1]
     if not is_sens:
-        ds = obs.create_dataset("energy", data=np.float64(relaxation.energy))
-        ds.attrs["unit"] = "eV"
+        ds = time_dependent(obs, "energy", np.float64(relaxation.energy)[None], [0], like)
+        set_unit(ds, "eV", d)
         return
     for name, value in result.values.items():
-        ds = obs.create_dataset(name, data=np.asarray(value))
-        ds.attrs["unit"] = result.units.get(name, "")
+        value = np.asarray(value)
+        ds = time_dependent(obs, name, value[None], [0], like)
+        set_unit(ds, result.units.get(name, ""), d, value.size)
+    declared = getattr(potential, "parameter_unit", lambda name: _units.UNKNOWN)
     sens = f.create_group("sensitivity")
     for name, per_param in result.derivatives.items():
         g = sens.create_group(name)
+        size = int(np.size(result.values.get(name, 1)))
         for pname in result.wrt:
             if pname not in per_param:
                 continue
             ds = g.create_dataset(pname, data=np.asarray(per_param[pname]))
-            ds.attrs["unit"] = _derivative_unit(result.units.get(name, ""), pname)
-            ds.attrs["observable_unit"] = result.units.get(name, "")
-            ds.attrs["parameter"] = pname
-            ds.attrs["parameter_unit"] = _param_unit(pname)
+            set_derivative_units(ds, result.units.get(name, ""), pname,
+                                 parameter_unit(pname, declared), d, size)
 
 
 def _write_parameters(f, result, relaxation, system_input, potential, config, is_sens):
@@ -286,7 +392,7 @@ def _write_parameters(f, result, relaxation, system_input, potential, config, is
     _put(pot, "params", {k: np.asarray(v) for k, v in potential.params.items()})
     pot.attrs["settings"] = json.dumps(_jsonable(potential.settings))
     inp = par.create_dataset("input_position", data=np.asarray(system_input.positions))
-    inp.attrs["unit"] = "Å"
+    set_unit(inp, "Å", inp.shape[-1])
     par.create_dataset("config", data=json.dumps(_jsonable(config), indent=1),
                        dtype=h5py.string_dtype())
 
@@ -310,6 +416,31 @@ def _get(node: Any) -> Any:
 
 def _strings(value: Any) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(value))
+
+
+def element_value(node: Any, frame: int | None = 0) -> np.ndarray:
+    """The data of an H5MD element: ``value[frame]`` of a time-dependent one (all frames
+    with ``frame=None``), the dataset itself for a time-independent one (files of the
+    ``mdsens`` module 1.0)."""
+    import h5py
+
+    if isinstance(node, h5py.Group):
+        value = node["value"]
+        return np.asarray(value[()] if frame is None else value[frame])
+    return np.asarray(node[()])
+
+
+def unit_of(node: Any) -> str:
+    """The unit stored on an element (on its ``value`` when time-dependent): ``unit``, or
+    the distinct ``unit_components`` joined by ", "; "" when none is stored."""
+    import h5py
+
+    ds = node["value"] if isinstance(node, h5py.Group) else node
+    if "unit" in ds.attrs:
+        return _strings(ds.attrs["unit"])[0]
+    if "unit_components" in ds.attrs:
+        return ", ".join(dict.fromkeys(_strings(ds.attrs["unit_components"])))
+    return ""
 
 
 def read_result(path: str | os.PathLike) -> StoredResult:
@@ -339,8 +470,8 @@ def read_result(path: str | os.PathLike) -> StoredResult:
         symbols = tuple(names[int(s)] for s in species)
         pbc = tuple(b == "periodic" for b in _strings(part["box"].attrs["boundary"]))
         par = f["parameters"]
-        units = {k: str(v.attrs.get("unit", "")) for k, v in f["observables"].items()}
-        values = {k: np.asarray(v[()]) for k, v in f["observables"].items()}
+        units = {k: unit_of(v) for k, v in f["observables"].items()}
+        values = {k: element_value(v) for k, v in f["observables"].items()}
         wrt = _strings(par.attrs["wrt"]) if "wrt" in par.attrs else ()
         derivatives: dict[str, dict[str, np.ndarray]] = {}
         if "sensitivity" in f:
@@ -363,8 +494,8 @@ def read_result(path: str | os.PathLike) -> StoredResult:
         }
         return StoredResult(
             sensitivity=sens, kind=kind,
-            positions=np.asarray(part["position"][()]),
-            cell=np.asarray(part["box/edges"][()]), pbc=pbc, symbols=symbols,
+            positions=element_value(part["position"]),
+            cell=element_value(part["box/edges"]), pbc=pbc, symbols=symbols,
             potential=potential, config=json.loads(par["config"].asstr()[()]),
             provenance={k: str(v) for k, v in f["provenance"].attrs.items()},
         )

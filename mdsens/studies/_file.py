@@ -5,6 +5,23 @@ Every dataset is created, filled (NaN / False / -1) and flushed when the file is
 change only raw data in place — never HDF5 metadata. A point is written, the file flushed,
 then the point's ``done`` flag set and flushed again: a process killed at any moment leaves
 every point marked done complete, and no point half-written and marked done.
+
+Layout (H5MD 1.1 with the ``units`` and ``mdsens`` modules; see ``docs/hdf5.md``). Point
+``p`` is structure ``structure_index[p]`` at grid point ``p % G``; the step of a point is
+its index ``p``::
+
+    /h5md                                 as result files (kind "study")
+    /particles/structure_<k>/position     step (G,) the points of structure k, time (G,)
+                                          zeros in ps, value (G, N_k, d) relaxed, Angstrom
+    /particles/structure_<k>/box          dimension, boundary; edges/value (G, d, d)
+    /particles/structure_<k>/species      (N_k,) int32, attr names
+    /observables/<obs>                    step (P,) = 0..P-1, time (P,), value (P, ...)
+    /sensitivity/<obs>/<param>            (P, *obs.shape, *param.shape), attrs as results
+    /structures/<k>                       attrs label, species_names, pbc; input_position,
+                                          input_edges, species; position and edges: soft
+                                          links to the particles group's values
+    /parameters/<name>, /structure_index, /done, /converged, /problems, /status,
+    /diagnostics/<name>, /study (attr definition), /provenance
 """
 
 from __future__ import annotations
@@ -78,6 +95,27 @@ def _ds(group: Any, name: str, data: np.ndarray) -> Any:
     return group.create_dataset(name, data=data, track_times=False)
 
 
+def particles_name(k: int) -> str:
+    """The particles group of structure ``k`` (``structure_0`` sorts first, the group
+    MDAnalysis reads)."""
+    return f"structure_{k}"
+
+
+def _parameter_units(definition: dict[str, Any]) -> Any:
+    """``name -> unit`` of the potential's parameters from the study definition: the
+    class's declarations, a custom potential's declared units, else "unknown"."""
+    from ..md.potentials.base import Potential
+
+    pot = definition.get("potential", {})
+    classes = [Potential]
+    for cls in classes:
+        classes.extend(cls.__subclasses__())
+    cls = next((c for c in classes if c.__name__ == pot.get("class")), Potential)
+    declared = dict(map(tuple, (pot.get("settings") or {}).get("declared_units") or ()))
+    return lambda name: declared.get(name.split("[", 1)[0]) or cls.param_units.get(
+        name.split("[", 1)[0], "unknown")
+
+
 def create(path: Path, definition_json: str, parameters: dict[str, np.ndarray],
            structure_index: np.ndarray, structures: list[tuple[str, Any]],
            obs_shapes: dict[str, tuple], units: dict[str, str],
@@ -85,7 +123,8 @@ def create(path: Path, definition_json: str, parameters: dict[str, np.ndarray],
     """Write the empty study file atomically (see the module docstring)."""
     import h5py
 
-    from ..io.hdf5 import H5MD_VERSION, _derivative_unit
+    from .. import __version__
+    from ..io.hdf5 import write_header
 
     path = Path(path)
     n_points = int(structure_index.size)
@@ -93,13 +132,7 @@ def create(path: Path, definition_json: str, parameters: dict[str, np.ndarray],
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
-            h5 = f.create_group("h5md")
-            h5.attrs["version"] = np.asarray(H5MD_VERSION, np.int32)
-            h5.create_group("creator").attrs["name"] = "mdsens"
-            h5.create_group("author").attrs["name"] = os.environ.get("USER", "unknown")
-            mod = h5.create_group("modules/mdsens")
-            mod.attrs["version"] = np.asarray((1, 0), np.int32)
-            mod.attrs["kind"] = KIND
+            write_header(f, KIND, __version__)
             study = f.create_group("study")
             study.attrs["definition"] = definition_json
             study.attrs["n_points"] = n_points
@@ -115,36 +148,77 @@ def create(path: Path, definition_json: str, parameters: dict[str, np.ndarray],
             _ds(f, "converged", np.zeros(n_points, bool))
             _ds(f, "problems", np.zeros(n_points, f"S{PROBLEM_BYTES}"))
             _ds(f, "status", np.zeros(n_points, f"S{STATUS_BYTES}"))
-            obs = f.create_group("observables")
-            sens = f.create_group("sensitivity")
-            for name, shape in obs_shapes.items():
-                _ds(obs, name, np.full((n_points, *shape), np.nan)).attrs["unit"] = units[name]
-                g = sens.create_group(name)
-                for pname, pshape in param_shapes.items():
-                    d = _ds(g, pname, np.full((n_points, *shape, *pshape), np.nan))
-                    d.attrs["unit"] = _derivative_unit(units[name], pname)
-                    d.attrs["observable_unit"] = units[name]
-                    d.attrs["parameter"] = pname
+            dim = int(np.shape(structures[0][1].positions)[-1]) if structures else 3
+            _create_values(f, n_points, obs_shapes, units, param_shapes, dim,
+                           _parameter_units(json.loads(definition_json)))
             diag = f.create_group("diagnostics")
             for name, (dtype, fill) in DIAGNOSTICS.items():
                 _ds(diag, name, np.full(n_points, fill, dtype))
-            sg = f.create_group("structures")
-            for k, (label, system) in enumerate(structures):
-                g = sg.create_group(str(k))
-                g.attrs["label"] = label
-                g.attrs["species_names"] = json.dumps(list(system.species_names))
-                g.attrs["pbc"] = np.asarray(system.pbc, bool)
-                pos = np.asarray(system.positions, np.float64)
-                cell = np.asarray(system.cell, np.float64)
-                _ds(g, "species", np.asarray(system.species, np.int32))
-                _ds(g, "input_position", pos)
-                _ds(g, "input_edges", cell)
-                _ds(g, "position", np.full((n_grid, *pos.shape), np.nan)).attrs["unit"] = "Å"
-                _ds(g, "edges", np.full((n_grid, *cell.shape), np.nan)).attrs["unit"] = "Å"
+            _create_structures(f, structures, np.asarray(structure_index), n_grid)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _create_values(f: Any, n_points: int, obs_shapes: dict[str, tuple],
+                   units: dict[str, str], param_shapes: dict[str, tuple], dim: int,
+                   declared: Any) -> None:
+    """``/observables/<obs>`` (time-dependent, step = point index) and
+    ``/sensitivity/<obs>/<param>``, NaN-filled, with their units."""
+    from ..io.hdf5 import parameter_unit, set_derivative_units, set_unit, time_dependent
+
+    obs = f.create_group("observables")
+    sens = f.create_group("sensitivity")
+    steps = np.arange(n_points, dtype=np.int64)
+    first = None
+    for name, shape in obs_shapes.items():
+        size = int(np.prod(shape, dtype=int))
+        ds = time_dependent(obs, name, np.full((n_points, *shape), np.nan), steps, first)
+        if first is None:
+            first = obs[name]
+        set_unit(ds, units[name], dim, size)
+        g = sens.create_group(name)
+        for pname, pshape in param_shapes.items():
+            d = _ds(g, pname, np.full((n_points, *shape, *pshape), np.nan))
+            set_derivative_units(d, units[name], pname, parameter_unit(pname, declared),
+                                 dim, size)
+
+
+def _create_structures(f: Any, structures: list[tuple[str, Any]],
+                       structure_index: np.ndarray, n_grid: int) -> None:
+    """One particles group per structure (NaN-filled frames at its points' steps) and
+    ``/structures/<k>`` with the input and soft links to the relaxed frames."""
+    import h5py
+
+    from ..io.hdf5 import write_particles
+
+    sg = f.create_group("structures")
+    for k, (label, system) in enumerate(structures):
+        pos = np.asarray(system.positions, np.float64)
+        cell = np.asarray(system.cell, np.float64)
+        name = particles_name(k)
+        write_particles(f.create_group(f"particles/{name}"), system,
+                        np.full((n_grid, *pos.shape), np.nan),
+                        np.full((n_grid, *cell.shape), np.nan),
+                        np.flatnonzero(structure_index == k))
+        g = sg.create_group(str(k))
+        g.attrs["label"] = label
+        g.attrs["species_names"] = json.dumps(list(system.species_names))
+        g.attrs["pbc"] = np.asarray(system.pbc, bool)
+        _ds(g, "species", np.asarray(system.species, np.int32))
+        _ds(g, "input_position", pos)
+        _ds(g, "input_edges", cell)
+        g["position"] = h5py.SoftLink(f"/particles/{name}/position/value")
+        g["edges"] = h5py.SoftLink(f"/particles/{name}/box/edges/value")
+
+
+def _value(node: Any) -> Any:
+    """The dataset holding an element's data (``value`` of a time-dependent group; the
+    dataset itself in files written before the H5MD layout)."""
+    import h5py
+
+    return node["value"] if isinstance(node, h5py.Group) else node
 
 
 def _text(s: str, n: int) -> bytes:
@@ -154,7 +228,7 @@ def _text(s: str, n: int) -> bytes:
 def write_point(f: Any, p: int, n_grid: int, k: int, point: dict[str, Any]) -> None:
     """Write point ``p`` (structure ``k``), flush, then mark it done and flush again."""
     for name, v in point["values"].items():
-        f["observables"][name][p] = v
+        _value(f["observables"][name])[p] = v
     for name, per in point["derivatives"].items():
         for pname, v in per.items():
             f["sensitivity"][name][pname][p] = v
@@ -187,12 +261,14 @@ def read(path: str | os.PathLike) -> StudyResult:
     """Read a study file (complete or not) into a :class:`StudyResult`."""
     import h5py
 
+    from ..io.hdf5 import unit_of
+
     if not is_study(path):
         raise ValueError(f"{path}: not an mdsens study file")
     with h5py.File(path, "r") as f:
         definition = json.loads(f["study"].attrs["definition"])
-        values = {k: v[()] for k, v in f["observables"].items()}
-        units = {k: str(v.attrs["unit"]) for k, v in f["observables"].items()}
+        values = {k: _value(v)[()] for k, v in f["observables"].items()}
+        units = {k: unit_of(v) for k, v in f["observables"].items()}
         derivs = {k: {p: d[()] for p, d in g.items()} for k, g in f["sensitivity"].items()}
         parameters = {k: f["parameters"][k][()] for k, _ in definition["sweep"]}
         return StudyResult(
