@@ -417,3 +417,31 @@ def test_progress_bar():
         assert callback is None
     with relax_progress(True, 1000, console=Console(file=io.StringIO())) as callback:
         assert callback is None  # not a terminal
+
+
+def test_cli_output_opens_in_mdanalysis_pyh5md_and_ase(run):
+    """The file of a real command run, read by the field's readers: the relaxed positions,
+    box and observables are the ones mdsens stores."""
+    import warnings
+
+    import ase.io
+    import MDAnalysis as mda
+    import pyh5md
+
+    from mdsens.io import read_result
+
+    _, out = run
+    stored = read_result(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        u = mda.Universe.empty(len(stored.positions), trajectory=False)
+        u.load_new(str(out), format="H5MD")
+    np.testing.assert_allclose(u.atoms.positions, stored.positions, atol=1e-5)  # float32
+    np.testing.assert_allclose(u.dimensions[:3], np.linalg.norm(stored.cell, axis=1),
+                               rtol=1e-6)
+    energy = stored.sensitivity.values["energy"]
+    assert u.trajectory.ts.data["energy"] == pytest.approx(float(energy), rel=1e-12)
+    with pyh5md.File(str(out), "r") as f:
+        np.testing.assert_array_equal(f["particles/all/position/value"][0], stored.positions)
+    atoms = ase.io.read(out)
+    np.testing.assert_allclose(atoms.positions, stored.positions, atol=1e-12)
