@@ -80,7 +80,8 @@ def _parameter_line(p: catalog.Parameter) -> str:
     if p.choices:
         notes.append("one of " + ", ".join(f"{c:g}" for c in p.choices))
     if not p.settable:
-        notes.append(f"table{', ' + p.unit if p.unit else ''}; --wrt only")
+        shown = {"": "", "1": "dimensionless"}.get(p.unit, p.unit)
+        notes.append(f"table{', ' + shown if shown else ''}; --wrt only")
     if p.keywords:
         notes.append("also " + ", ".join(p.keywords))
     return f"{p.name} = {value}{unit}" + (f"  ({'; '.join(notes)})" if notes else "")
