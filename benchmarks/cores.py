@@ -132,8 +132,9 @@ def worker(cfg_path: str) -> None:
     sys.path.insert(0, HERE)
     import relax as rb  # benchmarks/relax.py: the potentials of the cases
 
-    from mdsens.md import RelaxOptions, System, _relax_loop, build, lennard_jones
+    from mdsens.md import RelaxOptions, System, build, lennard_jones
     from mdsens.md import relax as md_relax
+    from mdsens.md.compiled import total as compiled_total
 
     t_import = time.perf_counter() - t_import
     z = np.load(cfg["npz"])
@@ -162,9 +163,9 @@ def worker(cfg_path: str) -> None:
                      "status": str(res.status.name), "load": load()}
 
     res, first = one()
-    traces = dict(_relax_loop.TRACE_COUNT)
+    traces = compiled_total()
     warm = [one()[1] for _ in range(cfg["repeats"])]
-    recompiled = dict(_relax_loop.TRACE_COUNT) != traces
+    recompiled = compiled_total() != traces
     out = {"jax_devices": jax.device_count(), "mesh_devices": mesh_devices,
            "parallel": cfg["parallel"],
            "import_s": t_import, "build_s": t_build, "first": first, "warm": warm,

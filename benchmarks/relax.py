@@ -83,11 +83,11 @@ import numpy as np  # noqa: E402
 
 from mdsens.md import (  # noqa: E402
     System,
-    _relax_loop,  # noqa: E402  (trace counter only)
     build,
     lennard_jones,
     relax,
 )
+from mdsens.md.compiled import total as compiled_total  # noqa: E402
 
 A_FCC = 1.55
 NOISE = 0.05
@@ -420,13 +420,13 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
     t0 = time.perf_counter()
     relax(system, model, fmax=fmax, max_steps=2, on_failure="ignore", nbrs=nbrs0)
     t_compile = time.perf_counter() - t0
-    traces = dict(_relax_loop.TRACE_COUNT)
+    traces = compiled_total()
     # the plain call, relax(system, model) with a fresh list: recompiles when jax-md uses a
     # cell list (see run_mdsens); timed once to report it
     cold = run_mdsens(system, model, fmax)
     print(f"  mdsens plain relax(system, model) call (fresh list -> recompiles: "
-          f"{dict(_relax_loop.TRACE_COUNT) != traces}): {cold['wall']:.2f} s", flush=True)
-    traces = dict(_relax_loop.TRACE_COUNT)
+          f"{compiled_total() != traces}): {cold['wall']:.2f} s", flush=True)
+    traces = compiled_total()
     e0_md = mdsens_energy(model, system.positions, system.cell)
 
     data_file = os.path.join(workdir, f"{name.replace(' ', '_')}_{system.n_atoms}.data")
@@ -436,7 +436,7 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
     if args.fire1:  # compile the original FIRE's loop outside the timed runs
         relax(system, model, fmax=fmax, max_steps=2, on_failure="ignore", nbrs=nbrs0,
               method=args.other_method)
-        traces = dict(_relax_loop.TRACE_COUNT)
+        traces = compiled_total()
     repeats = args.repeats if (system.n_atoms <= 4000 and not binary) else args.repeats_large
     for _ in range(repeats):
         md_runs.append(run_mdsens(system, model, fmax, nbrs=nbrs0))
@@ -450,7 +450,7 @@ def bench_case(name, system, pot, args, rows, checks, ase_mode, ase_steps_hint, 
             lmp_runs.append(run_lammps(lmp_python, data_file, binary, fmax, workdir))
             print(f"  LAMMPS  {lmp_runs[-1]['wall']:8.2f} s  {lmp_runs[-1]['steps']} steps",
                   flush=True)
-    if dict(_relax_loop.TRACE_COUNT) != traces:
+    if compiled_total() != traces:
         print("  WARNING: mdsens recompiled during the timed runs (neighbour-list overflow?)")
 
     def summary(code, runs, compile_s=None, note=""):

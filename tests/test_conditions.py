@@ -1,8 +1,8 @@
 """Tests of the optimality-map catalog: projections, prox operators and conditions.
 
 Every check is against an independent reference (numpy closed forms, scipy.optimize minimisers,
-bisection, central finite differences of re-solved problems). Tests through ``custom_root`` are
-skipped when ``mdsens.implicit.custom_root`` is missing. Runs in float64 (tests/conftest.py).
+bisection, central finite differences of re-solved problems). Runs in float64
+(tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -21,11 +21,6 @@ from mdsens.implicit import conditions, projections, prox
 
 # float64 is enabled by tests/conftest.py; fail loudly rather than compare in float32.
 assert jax.config.jax_enable_x64, "tests/test_conditions.py needs float64 (see conftest.py)"
-
-needs_custom_root = pytest.mark.skipif(
-    not hasattr(mi, "custom_root"), reason="mdsens.implicit.custom_root not available yet"
-)
-
 
 # ============================================================================= references
 def _simplex_bisection(x: np.ndarray, s: float) -> np.ndarray:
@@ -440,7 +435,6 @@ def _ista_solver(step: float) -> Callable:
     return solver
 
 
-@needs_custom_root
 @pytest.mark.parametrize("solve_name", ["lu", "gmres"])
 def test_lasso_jacobian_matches_closed_form(solve_name: str) -> None:
     design, y = _lasso_data()
@@ -477,7 +471,6 @@ def test_lasso_jacobian_matches_closed_form(solve_name: str) -> None:
 
 
 # --- QP with equality constraints only (direct KKT solve)
-@needs_custom_root
 def test_equality_qp_kkt_matches_fd() -> None:
     n, m = 5, 2
     q = _spd(n, 1)
@@ -525,7 +518,6 @@ def _fd_check(solution_of: Callable, theta: jax.Array, plain: Callable, mode: st
     np.testing.assert_allclose(jac(theta), _central_fd(plain, theta), atol=1e-6)
 
 
-@needs_custom_root
 def test_projected_gradient_simplex_qp_matches_fd() -> None:
     q, c = _simplex_qp_data(interior=False)
     scale = 1.3
@@ -542,7 +534,6 @@ def test_projected_gradient_simplex_qp_matches_fd() -> None:
     _fd_check(lambda s: solver(None, (q, c), s), jnp.asarray(scale), plain_s, "rev")
 
 
-@needs_custom_root
 def test_kkt_simplex_qp_matches_fd() -> None:
     """min 1/2 z^T Q z + c^T z  s.t.  sum(z) = b, z >= 0, with x = (z, nu, lam)."""
     q, c = _simplex_qp_data(interior=False)
@@ -579,7 +570,6 @@ def _eg_simplex_solve(theta_f: tuple[jax.Array, jax.Array], scale: jax.Array,
     return _iterate(lambda x: scale * jax.nn.softmax(jnp.log(x) - step * (q @ x + c)), init)
 
 
-@needs_custom_root
 def test_mirror_descent_simplex_matches_fd() -> None:
     q, c = _simplex_qp_data(interior=True)
     scale = 1.0
@@ -598,7 +588,6 @@ def test_mirror_descent_simplex_matches_fd() -> None:
     _fd_check(lambda s: solver(None, (q, c), s), jnp.asarray(scale), plain_s, "fwd")
 
 
-@needs_custom_root
 def test_stationarity_and_fixed_point_roots_match_closed_form() -> None:
     """Ridge regression argmin 1/2||Xw - y||^2 + lam/2 ||w||^2: dw/dlam = -(X^TX + lam)^-1 w."""
     design, y = _lasso_data()

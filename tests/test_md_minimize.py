@@ -16,6 +16,7 @@ import pytest
 from scipy.optimize import brentq, minimize_scalar
 
 from mdsens.md import RelaxOptions, System, _driver, _relax_loop, build, potentials
+from mdsens.md.compiled import compilations
 from mdsens.md.minimize import (
     Relaxation,
     RelaxationError,
@@ -302,12 +303,12 @@ def test_chunks_compile_once_and_report_progress(fcc_min, cubic32, rng):
     model, nbrs = cubic32
     seen = []
     relax(system, model, fmax=FMAX, chunk=1000, nbrs=nbrs)  # compiled (maybe already)
-    before = dict(_relax_loop.TRACE_COUNT)
-    result = relax(
-        system, model, fmax=FMAX, chunk=40, callback=lambda *a: seen.append(a), nbrs=nbrs
-    )
+    with compilations() as count:
+        result = relax(
+            system, model, fmax=FMAX, chunk=40, callback=lambda *a: seen.append(a), nbrs=nbrs
+        )
     assert result.converged
-    assert _relax_loop.TRACE_COUNT == before  # neither per chunk nor per call
+    assert count.value == 0  # neither per chunk nor per call
     steps = [s for s, _, _ in seen]
     assert len(seen) >= 3 and steps == sorted(steps) and steps[-1] == result.steps
     assert all(s % 40 == 0 for s in steps[:-1])
@@ -320,12 +321,12 @@ def test_new_parameters_do_not_recompile(fcc_min, cubic32, rng):
     system = fcc_system(2, fcc_min[0], rng, noise=0.05)
     model, nbrs = cubic32
     relax(system, model, fmax=FMAX, nbrs=nbrs)
-    before = dict(_relax_loop.TRACE_COUNT)
     params = {**model.params, "sigma": model.params["sigma"] * 0.99,
               "epsilon": model.params["epsilon"] * 0.9}
-    result = relax(system, model, fmax=FMAX, nbrs=nbrs, params=params)
+    with compilations() as count:
+        result = relax(system, model, fmax=FMAX, nbrs=nbrs, params=params)
     assert result.converged
-    assert _relax_loop.TRACE_COUNT == before
+    assert count.value == 0
 
 
 def test_result_is_a_pytree(fcc_min, cubic32):

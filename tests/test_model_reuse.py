@@ -12,35 +12,10 @@ import pytest
 
 from mdsens.io import read
 from mdsens.md import _models, potentials, relax
+from mdsens.md.compiled import compilations
 from mdsens.md.sensitivity import sensitivity
 
 ARGON = Path(__file__).resolve().parents[1] / "data" / "ar_fcc_32.extxyz"
-
-
-class CompileCounter:
-    """Counts XLA backend compilations (JAX's public monitoring events)."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self):
-        self.count = 0
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event, duration, **kwargs):
-        if event == self.EVENT:
-            self.count += 1
-
-    def __enter__(self):
-        self.start = self.count
-        return self
-
-    def __exit__(self, *exc):
-        self.compiled = self.count - self.start
-
-
-@pytest.fixture(scope="module")
-def counter():
-    return CompileCounter()
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +25,11 @@ def argon():
     return atoms
 
 
-def test_relax_again_compiles_nothing_and_uses_the_new_parameters(argon, counter):
+def test_relax_again_compiles_nothing_and_uses_the_new_parameters(argon):
     first = relax(argon, potentials.get("lj", sigma=3.4, epsilon=0.0104), fmax=1e-8)
-    with counter as c:
+    with compilations() as c:
         second = relax(argon, potentials.get("lj", sigma=3.4, epsilon=0.0208), fmax=1e-8)
-    assert c.compiled == 0
+    assert c.value == 0
     assert first.converged and second.converged
     assert second.model is first.model
     # the minimum does not depend on epsilon; the energy is proportional to it
@@ -69,13 +44,13 @@ def test_another_cutoff_is_another_model(argon):
     assert a.model is not b.model and b.model.cutoff == pytest.approx(2.5 * 3.3)
 
 
-def test_sensitivity_again_compiles_nothing(argon, counter):
+def test_sensitivity_again_compiles_nothing(argon):
     kw = dict(wrt=["sigma", "epsilon"], observables=["energy", "positions"],
               relax_options={"fmax": 1e-9})
     first = sensitivity(argon, potentials.get("lj", sigma=3.4, epsilon=0.0104), **kw)
-    with counter as c:
+    with compilations() as c:
         second = sensitivity(argon, potentials.get("lj", sigma=3.4, epsilon=0.0208), **kw)
-    assert c.compiled == 0
+    assert c.value == 0
     # dE/deps = E/eps is the same at both epsilons; dE/dsigma doubles with epsilon
     d1, d2 = first.derivatives["energy"], second.derivatives["energy"]
     np.testing.assert_allclose(d2["epsilon"], d1["epsilon"], rtol=1e-7)
@@ -93,3 +68,23 @@ def test_program_key_separates_forms(argon):
         system, potentials.get("lj", sigma=3.4, epsilon=0.0104, r_onset=1.5))
     assert len({id(lj), id(morse), id(lj_other_switch)}) == 3
     assert _models.model_for(system, potentials.get("lj", sigma=3.4, epsilon=0.5)) is lj
+
+
+def test_free_releases_mdsens_programs_only(argon):
+    """compiled.free() empties mdsens's own compile caches (the next relaxation compiles
+    again, to the same result) and leaves the caller's jitted functions alone."""
+    import jax.numpy as jnp
+
+    from mdsens.md import compiled
+
+    pot = potentials.get("lj", sigma=3.4, epsilon=0.0104)
+    users = jax.jit(lambda x: jnp.sin(x) * 2.0)
+    users(jnp.ones(3))
+    first = relax(argon, pot, fmax=1e-8)
+    assert compiled.free() > 0
+    with compiled.compilations() as mine:
+        again = relax(argon, pot, fmax=1e-8)
+    with compiled.compilations() as theirs:
+        users(jnp.ones(3))
+    assert mine.value > 0 and theirs.value == 0
+    assert again.steps == first.steps and float(again.energy) == float(first.energy)

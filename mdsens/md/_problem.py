@@ -277,8 +277,3 @@ def preconditioner_apply(data, relax_cell: bool):
     if not relax_cell:
         return apply_R
     return lambda x: {"R": apply_R(x["R"]), "eps": x["eps"]}
-
-
-def make_preconditioner(kind, blocks, problem: RootProblem):
-    """Jacobi or per-atom block-Jacobi from the diagonal blocks (N, d, d)."""
-    return preconditioner_apply(preconditioner_data(kind, blocks), problem.relax_cell)

@@ -56,10 +56,6 @@ ABSURD = 32
 RETRY = NONFINITE | BAD_CELL | ABSURD  # a trial with only these bits is retried smaller
 MAX_REJECTS = 40  # rejections in a row before the loop gives up (step scale 0.5^40)
 
-# Incremented each time a chunk or init function is traced (tests check it is not per chunk).
-TRACE_COUNT = {"chunk": 0, "init": 0, "chunk_batched": 0}
-
-
 class Context(NamedTuple):
     """Traced per-relaxation data (changing it does not recompile)."""
 
@@ -255,7 +251,6 @@ def trial_flags(spec: LoopSpec, ctx: Context, q: Any, trial: tuple,
 
 def init_state(spec: LoopSpec, ctx: Context, q: Any, nbrs: Any):
     """Minimiser state at ``q`` and its error bits (``OVERFLOW`` / ``NONFINITE``)."""
-    TRACE_COUNT["init"] += 1
     state = spec.minimizer(ctx).init(q, make_force_fn(spec, ctx, nbrs))
     trial = (state.energy, state.force, state.aux)
     return state, trial_flags(spec, ctx, q, trial)
@@ -297,7 +292,6 @@ def step_once(spec: LoopSpec, ctx: Context, c: Carry) -> Carry:
 def run_chunk(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
     """``lax.while_loop`` of :func:`step_once` from ``carry.step`` until ``carry.stop``,
     convergence or a stopping bit."""
-    TRACE_COUNT["chunk"] += 1
     return lax.while_loop(lambda c: active(ctx, c), lambda c: step_once(spec, ctx, c), carry)
 
 
@@ -320,7 +314,6 @@ def run_chunk_batched(spec: LoopSpec, ctx: Context, carry: Carry) -> Carry:
     ones. A member that is done is frozen (state, step and flags stay as they were), so each
     member follows exactly the steps ``run_chunk`` would take.
     """
-    TRACE_COUNT["chunk_batched"] += 1
 
     def cond(c: Carry) -> jax.Array:
         return jnp.any(jax.vmap(active)(ctx, c))

@@ -227,13 +227,13 @@ def scan(
                         if progress is not None:
                             progress(n_done, n_points, p, bool(point["converged"]))
                 if k + 1 < len(systems):
-                    # The next structure gets its own model: free this one's compiled
-                    # programs (they are cached per model and would otherwise accumulate
-                    # over a study of many structures).
-                    import jax
+                    # The next structure gets its own model: free mdsens's compiled
+                    # programs (they are kept per model and would otherwise accumulate over
+                    # a study of many structures); the caller's own jitted code is kept.
+                    from ..md.compiled import free
 
                     del model
-                    jax.clear_caches()
+                    free()
         return _file.read(output)
 
 
