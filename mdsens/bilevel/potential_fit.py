@@ -17,7 +17,7 @@ fixed-cell relaxation — through both roots (second derivatives). Two engines g
 numbers:
 
 * ``engine="compiled"`` (default): the root problem of :mod:`mdsens.md.sensitivity`
-  (:class:`~mdsens.md._problem.RootProblem`, :func:`mdsens.implicit.custom_root`, the same
+  (:class:`~mdsens.md.root_problem.RootProblem`, :func:`mdsens.implicit.custom_root`, the same
   formulation as :mod:`mdsens.md.elastic`), traced once with the parameters as arguments,
   so that every outer step reuses one compiled function (≈ 1 s a step for a 4-atom cell
   instead of ≈ 100 s of tracing and compiling);
@@ -77,11 +77,11 @@ import numpy as np
 from ..implicit import custom_root
 from ..md import observables as obs_mod
 from ..md import zero_modes
-from ..md._problem import ParamSpec, RootProblem, make_solver, parse_wrt
 from ..md.elastic import relaxed_stiffness
 from ..md.minimize import relax
 from ..md.model import EnergyModel, build
 from ..md.options import DERIVATIVE_DEFAULTS, RelaxOptions
+from ..md.root_problem import ParamSpec, RootProblem, make_solver, parse_wrt
 from ..md.strain import n_voigt
 from ..md.system import System
 

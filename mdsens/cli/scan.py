@@ -78,7 +78,7 @@ def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_ce
     _check_backend(workers, scheduler)
     if batch < 1:
         raise c.BadInput(f"--batch must be at least 1, got {batch}")
-    from ..studies._spec import parse_sweep
+    from ..studies import parse_sweep
 
     sweep: dict[str, list[float]] = {}
     for text in sweeps:

@@ -95,7 +95,7 @@ def _check_names(system, pot, wrt, observables, relax_cell) -> None:
     """Validate wrt and observables as the library does, before any work (the checks of
     ``_common`` already ran without JAX; this keeps the library's own word final)."""
     from ..md import observables as obs_mod
-    from ..md._problem import parse_wrt
+    from ..md.root_problem import parse_wrt
 
     try:
         obs_mod.resolve(list(observables), system.is_periodic)

@@ -57,7 +57,7 @@ def read_mdsens_h5(filename: str, index: Any = slice(None)) -> Iterator[Any]:
 
 
 def _is_study(path: str) -> bool:
-    from ..studies._file import is_study
+    from ..studies import is_study
 
     return is_study(path)
 

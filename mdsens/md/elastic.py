@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..implicit import Status, custom_root
-from ._problem import ParamSpec, RootProblem, SolverPlan
+from .root_problem import ParamSpec, RootProblem, SolverPlan
 from .strain import deformation, n_voigt, stress_to_voigt, voigt_labels
 
 
@@ -92,7 +92,7 @@ def elastic_constants(problem: RootProblem, x_star, theta0, plan: SolverPlan, nu
       problem, x_star, theta0: the root problem, its root and parameters.
       plan: solver settings; ``nullspace`` — zero modes of the unknowns (for the
         cell-relaxation root), ``modes`` — zero modes of the positions (fixed-cell solves),
-        ``precond`` — :func:`~mdsens.md._problem.preconditioner_data` or None.
+        ``precond`` — :func:`~mdsens.md.root_problem.preconditioner_data` or None.
       mode: ``"forward"`` (``jacfwd`` over every parameter component at once: memory grows
         with their number), ``"reverse"`` (m² pull-backs one at a time, m = d(d+1)/2:
         memory independent of the number of parameters) or ``"auto"``: forward for at most

@@ -59,18 +59,18 @@ from ..implicit.bounds import jacobian_error_estimate, lanczos_ritz
 from . import observables as obs_mod
 from . import zero_modes
 from ._models import model_for, same_form
-from ._problem import (
+from .elastic import elastic_constants
+from .minimize import relax
+from .model import EnergyModel
+from .options import DERIVATIVE_DEFAULTS, RelaxOptions
+from .results import Sensitivity, SensitivityError, SensitivityWarning
+from .root_problem import (
     RootProblem,
     SolverPlan,
     initial_theta,
     parse_wrt,
     preconditioner_data,
 )
-from .elastic import elastic_constants
-from .minimize import relax
-from .model import EnergyModel
-from .options import DERIVATIVE_DEFAULTS, RelaxOptions
-from .results import Sensitivity, SensitivityError, SensitivityWarning
 from .strain import n_voigt
 from .system import System
 

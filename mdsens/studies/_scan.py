@@ -114,7 +114,7 @@ def scan(
 
     from ..io.hdf5 import provenance
     from ..md import observables as obs_mod
-    from ..md._problem import initial_theta, parse_wrt
+    from ..md.root_problem import initial_theta, parse_wrt
 
     output = Path(output)
     systems, labels = _load_structures(structures, labels)
