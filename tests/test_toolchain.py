@@ -74,7 +74,7 @@ def test_materialize_keeps_one_buffer_on_cpu():
     """``mdsens.md._fusion.materialize`` returns its input unchanged and, on CPU, compiles
     to a conditional (whose result is a buffer read by both consumers) that XLA keeps: a
     conditional with two identical branches would be simplified away."""
-    from mdsens.md._fusion import materialize
+    from mdsens.md.potentials._fusion import materialize
 
     def f(x, i, use):
         y = jnp.sin(x) * 3.0

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .potentials.base import image_index, image_shifts
+from .geometry import image_index, image_shifts
 
 __all__ = ["grid_shape", "perpendicular_widths", "dense_search", "max_neighbors"]
 

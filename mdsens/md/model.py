@@ -53,15 +53,8 @@ import numpy as np
 
 from . import _cell_search
 from ._jaxmd import partition, space
-from .potentials.base import (
-    Array,
-    Geometry,
-    Params,
-    Potential,
-    fractional_near,
-    image_index,
-    pair_param,
-)
+from .geometry import Geometry, fractional_near, image_index
+from .potentials.base import Array, Params, Potential, pair_param
 from .potentials.pair import PairPotential, symmetrized
 from .sharding import mesh_for
 from .system import System

@@ -11,10 +11,10 @@ import importlib as _importlib
 import importlib.util as _importlib_util
 import types as _types
 
+from ..geometry import Geometry as Geometry
+from ..geometry import Neighborhood as Neighborhood
 from . import custom as _custom_module
 from . import pair as _pair_module
-from .base import Geometry as Geometry
-from .base import Neighborhood as Neighborhood
 from .base import Potential as Potential
 from .base import factories as factories
 from .base import get as get

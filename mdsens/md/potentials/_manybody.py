@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .base import Array, Neighborhood, Params, as_param
+from ..geometry import Neighborhood
+from .base import Array, Params, as_param
 
 __all__ = [
     "cosines",

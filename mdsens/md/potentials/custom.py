@@ -34,7 +34,8 @@ from typing import Any
 
 import jax
 
-from .base import Array, Geometry, Params, Potential, as_param, register
+from ..geometry import Geometry
+from .base import Array, Params, Potential, as_param, register
 
 __all__ = ["Custom", "custom"]
 

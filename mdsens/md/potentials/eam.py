@@ -43,8 +43,9 @@ from typing import Any, ClassVar, Literal
 import jax.numpy as jnp
 import numpy as np
 
+from ..geometry import Neighborhood
 from . import _lammps_files
-from .base import Array, Neighborhood, Params, Potential, as_param, register
+from .base import Array, Params, Potential, as_param, register
 
 __all__ = ["EAM", "eam"]
 

@@ -34,12 +34,11 @@ from jax import shard_map
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
-from .._fusion import materialize
+from ..geometry import Geometry, Neighborhood
 from ..sharding import AXIS, usable_cores
+from ._fusion import materialize
 from .base import (
     Array,
-    Geometry,
-    Neighborhood,
     Params,
     Potential,
     pair_param,

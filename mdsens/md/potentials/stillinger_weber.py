@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
+from ..geometry import Neighborhood
 from . import _lammps_files
 from ._manybody import (
     cosines,
@@ -49,7 +50,7 @@ from ._manybody import (
     resolve_triplet_params,
     triplet_of,
 )
-from .base import Array, Neighborhood, Params, Potential, register
+from .base import Array, Params, Potential, register
 
 __all__ = ["StillingerWeber", "stillinger_weber"]
 

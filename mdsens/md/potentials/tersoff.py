@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 import numpy as np
 
+from ..geometry import Neighborhood
 from . import _lammps_files
 from ._manybody import (
     cosines,
@@ -51,7 +52,7 @@ from ._manybody import (
     resolve_triplet_params,
     triplet_of,
 )
-from .base import Array, Neighborhood, Params, Potential, register
+from .base import Array, Params, Potential, register
 
 __all__ = ["Tersoff", "tersoff"]
 
