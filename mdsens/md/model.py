@@ -87,7 +87,7 @@ class Neighbors:
       images: ``(N, M)`` int32 or None. For a periodic list whose cell was at least
         ``2 reach`` wide at the last rebuild: slot ``(i, m)`` as ``j + N t``, where t
         numbers the periodic image of neighbour j nearest to i at the rebuild (one of the
-        3^d cells around the reference cell, listed by ``potentials.base.image_shifts``);
+        3^d cells around the reference cell, listed by ``mdsens.md.geometry.image_shifts``);
         padding is ``N 3^d``. Pair forces then read displacements from the images of the
         atoms instead of taking the minimum image of every pair at every step.
     """
@@ -106,7 +106,7 @@ def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
     r""":attr:`Neighbors.images` for the list ``idx`` built at fractional positions ``X``.
 
     With :math:`S` the fractional positions made continuous around ``X``
-    (:func:`~mdsens.md.potentials.base.fractional_near`, as the energy takes them at every
+    (:func:`~mdsens.md.geometry.fractional_near`, as the energy takes them at every
     step), neighbour j's image nearest to i is :math:`S_j + n` with
     :math:`n = -\mathrm{round}(S_j - S_i)`.
     """
