@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import warnings
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Policy = Literal["raise", "warn", "nan", "ignore"]
-POLICIES: tuple[str, ...] = ("raise", "warn", "nan", "ignore")
+from .policy import POLICIES as POLICIES  # the one failure policy (mdsens.implicit.policy)
+from .policy import Policy as Policy
+from .policy import check_policy as check_policy
+from .policy import surface
 
 
 class SolveError(RuntimeError):
@@ -147,11 +147,6 @@ def make_info(
     )
 
 
-def check_policy(on_failure: str) -> None:
-    if on_failure not in POLICIES:
-        raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
-
-
 def _failure_message(status: np.ndarray, iterations, residual, rhs, what: str) -> str | None:
     status = np.asarray(status)
     bad = status != Status.SUCCESS
@@ -168,11 +163,7 @@ def _failure_message(status: np.ndarray, iterations, residual, rhs, what: str) -
 
 def _host_report(status, iterations, residual, rhs, *, on_failure: str, what: str) -> None:
     message = _failure_message(status, iterations, residual, rhs, what)
-    if message is None:
-        return
-    if on_failure == "raise":
-        raise SolveError(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    surface(None, message, on_failure, error=SolveError, warning=RuntimeWarning, stacklevel=4)
 
 
 def apply_policy(x, info: SolveInfo, on_failure: str, what: str = "linear solve"):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import warnings
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +22,9 @@ __all__ = [
     "apply_policy",
 ]
 
-Policy = Literal["raise", "warn", "nan", "ignore"]
-POLICIES: tuple[str, ...] = ("raise", "warn", "nan", "ignore")
+from ..implicit.policy import POLICIES as POLICIES
+from ..implicit.policy import Policy as Policy
+from ..implicit.policy import surface
 
 
 class RelaxationError(RuntimeError):
@@ -171,13 +171,14 @@ def apply_policy(result: Relaxation, on_failure: str) -> Relaxation:
     :class:`RelaxationWarning`, result unchanged; ``"nan"``: positions, cell, energy,
     forces, fmax and stress become NaN (status kept); ``"ignore"``: unchanged.
     """
-    if result.converged or on_failure == "ignore":
-        return result
-    if on_failure == "raise":
-        raise RelaxationError(result.message, result)
-    if on_failure == "warn":
-        warnings.warn(result.message, RelaxationWarning, stacklevel=3)
-        return result
+    message = None if result.converged else result.message
+    return surface(result, message, on_failure,
+                   error=lambda m: RelaxationError(m, result), warning=RelaxationWarning,
+                   nan=_nan_result, stacklevel=4)
+
+
+def _nan_result(result: Relaxation) -> Relaxation:
+    """``result`` with positions, cell, energy, forces, fmax and stress NaN (status kept)."""
     system = result.system.replace(
         positions=_nan_like(result.system.positions), cell=_nan_like(result.system.cell)
     )

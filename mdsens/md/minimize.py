@@ -82,10 +82,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from ..implicit.policy import check_policy
 from . import _driver
 from ._fire import Fire2State, FireState, GDState, Minimizer, fire, fire2, gd
 from ._relaxation import (
-    POLICIES,
     Policy,
     Relaxation,
     RelaxationError,
@@ -125,11 +125,6 @@ def _as_system(system: Any, who: str) -> System:
         return System.from_ase(system)
     raise TypeError(f"{who}: system must be an mdsens.md.System or an ase.Atoms, got "
                     f"{type(system).__name__}")
-
-
-def _check_policy(on_failure: str) -> None:
-    if on_failure not in POLICIES:
-        raise ValueError(f"on_failure must be one of {POLICIES}, got {on_failure!r}")
 
 
 def relax(
@@ -177,7 +172,7 @@ def relax(
       RelaxationError: with ``on_failure="raise"`` when not converged.
     """
     options = RelaxOptions.of(options, **settings)
-    _check_policy(on_failure)
+    check_policy(on_failure)
     system = _as_system(system, "relax")
     if options.relax_cell and not system.is_periodic:
         raise ValueError("relax_cell=True needs a periodic system")
@@ -232,7 +227,7 @@ def relax_batch(
       RelaxationError: with ``on_failure="raise"`` when a member did not converge.
     """
     options = RelaxOptions.of(options, **settings)
-    _check_policy(on_failure)
+    check_policy(on_failure)
     params = list(params)
     n_members = len(params)
     if n_members == 0:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -56,6 +55,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..implicit import SolveInfo, Status, root_jvp, root_vjp
 from ..implicit.bounds import jacobian_error_estimate, lanczos_ritz
+from ..implicit.policy import Policy, check_policy, surface
 from . import observables as obs_mod
 from . import zero_modes
 from ._models import model_for, same_form
@@ -76,7 +76,6 @@ from .system import System
 
 Array = jax.Array
 Mode = Literal["auto", "forward", "reverse"]
-Policy = Literal["raise", "warn", "nan", "ignore"]
 
 __all__ = ["Sensitivity", "SensitivityError", "SensitivityWarning", "sensitivity"]
 
@@ -175,8 +174,7 @@ def sensitivity(
       exact root), ``jacobian_error`` (with ``jacobian_error=True``: the estimate and its
       ingredients α, β, γ, R, C; else None), ``elastic_solves`` and timings.
     """
-    if on_failure not in ("raise", "warn", "nan", "ignore"):
-        raise ValueError(f"on_failure must be raise, warn, nan or ignore, got {on_failure!r}")
+    check_policy(on_failure)
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     if hessian not in ("auto", "assembled", "autodiff"):
@@ -359,9 +357,8 @@ def sensitivity(
         "timings": timings,
     }
     converged = not problems
-    if (problems and on_failure == "nan") or degenerate is not None:  # never a number there
-        derivatives = {k: {p: np.full_like(v, np.nan) for p, v in d.items()}
-                       for k, d in derivatives.items()}
+    if degenerate is not None:  # never a number there, whatever the policy
+        derivatives = _nan_derivatives(derivatives)
     result = Sensitivity(
         values=values,
         derivatives=derivatives,
@@ -373,11 +370,15 @@ def sensitivity(
         converged=converged,
         problems=tuple(problems),
     )
-    if problems and on_failure == "raise":
-        raise SensitivityError("; ".join(problems))
-    if problems and on_failure == "warn":
-        warnings.warn("; ".join(problems), SensitivityWarning, stacklevel=2)
-    return result
+    return surface(result, "; ".join(problems) if problems else None, on_failure,
+                   error=SensitivityError, warning=SensitivityWarning,
+                   nan=lambda r: dataclasses.replace(
+                       r, derivatives=_nan_derivatives(r.derivatives)))
+
+
+def _nan_derivatives(derivatives: dict) -> dict:
+    return {k: {p: np.full_like(v, np.nan) for p, v in d.items()}
+            for k, d in derivatives.items()}
 
 
 # ----------------------------------------------------------------------------- helpers
