@@ -88,3 +88,14 @@ def test_free_releases_mdsens_programs_only(argon):
         users(jnp.ones(3))
     assert mine.value > 0 and theirs.value == 0
     assert again.steps == first.steps and float(again.energy) == float(first.energy)
+
+
+def test_sensitivity_name_works_in_either_import_order():
+    """``mdsens.md.sensitivity`` is a submodule and the function: after the submodule is
+    imported, the package attribute is the module, and calling it calls the function."""
+    import mdsens.md.sensitivity as module
+    from mdsens.md import sensitivity
+
+    assert callable(sensitivity) and callable(module)
+    with pytest.raises(ValueError, match="on_failure"):
+        sensitivity(None, None, "sigma", on_failure="bogus")

@@ -329,10 +329,9 @@ def write_result(
             if is_sens:
                 diagnostics = result.diagnostics
             else:
-                diagnostics = {"relaxation": {
-                    "steps": int(relaxation.steps), "fmax": float(relaxation.fmax),
-                    "converged": bool(relaxation.converged), "status": relaxation.message,
-                    "energy": float(relaxation.energy)}}
+                from ..md._relaxation import summary
+
+                diagnostics = {"relaxation": summary(relaxation)}
             _put(f, "diagnostics", diagnostics)
             prov = f.create_group("provenance")
             for k, v in provenance(command_line).items():

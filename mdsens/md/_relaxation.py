@@ -128,6 +128,10 @@ class Relaxation:
             text += f", max|sigma + p I|={float(self.stress_residual):.3g}"
         return text
 
+    def summary(self) -> dict[str, Any]:
+        """:func:`summary` of this relaxation."""
+        return summary(self)
+
     def to_ase(self) -> Any:
         r"""The relaxed structure as ``ase.Atoms`` with its results attached.
 
@@ -158,6 +162,16 @@ jax.tree_util.register_dataclass(
     data_fields=["system", "energy", "forces", "fmax", "stress", "stress_residual", "nbrs"],
     meta_fields=["steps", "converged", "status", "model"],
 )
+
+
+def summary(relaxation: Any) -> dict[str, Any]:
+    """A relaxation's outcome as plain numbers (the ``"relaxation"`` entry of the
+    diagnostics a sensitivity reports and a result file stores): ``steps``, ``fmax``
+    (eV/Å), ``converged``, ``status`` (its ``message``), ``energy`` (eV). Any object with
+    those attributes will do."""
+    return {"steps": int(relaxation.steps), "fmax": float(relaxation.fmax),
+            "converged": bool(relaxation.converged), "status": relaxation.message,
+            "energy": float(relaxation.energy)}
 
 
 def _nan_like(x: Any) -> Any:

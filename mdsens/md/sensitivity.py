@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -337,11 +339,7 @@ def sensitivity(
         problems.append("negative curvature met in CG: the relaxed state is not a minimum")
 
     diagnostics = {
-        "relaxation": {
-            "steps": int(relaxation.steps), "fmax": float(relaxation.fmax),
-            "converged": bool(relaxation.converged), "status": relaxation.message,
-            "energy": float(relaxation.energy),
-        },
+        "relaxation": relaxation.summary(),
         "mode": chosen,
         "n_solves": 0 if solves is None else int(solves["converged"].size),
         "solves": solves,
@@ -634,3 +632,16 @@ def _solve_table(infos: SolveInfo | None):
     }
     table["converged"] = table["status"] == Status.SUCCESS
     return table
+
+
+class _CallableModule(types.ModuleType):
+    """``mdsens.md.sensitivity`` names both this module and the function above: the package
+    exports the function lazily, but once any code imports the submodule, Python sets the
+    package's attribute to the module. Calling the module calls the function, so
+    ``from mdsens.md import sensitivity; sensitivity(...)`` works in either order."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Sensitivity:
+        return sensitivity(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
