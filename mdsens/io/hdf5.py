@@ -329,7 +329,7 @@ def write_result(
             if is_sens:
                 diagnostics = result.diagnostics
             else:
-                from ..md._relaxation import summary
+                from ..md.minimize import summary
 
                 diagnostics = {"relaxation": summary(relaxation)}
             _put(f, "diagnostics", diagnostics)

@@ -92,6 +92,7 @@ from ._relaxation import (
     RelaxationWarning,
     Status,
     apply_policy,
+    summary,
 )
 from .options import METHODS, Method, RelaxOptions
 from .system import System
@@ -108,6 +109,7 @@ __all__ = [
     "Relaxation",
     "RelaxationError",
     "RelaxationWarning",
+    "summary",
     "Status",
     "fire",
     "fire2",
