@@ -163,6 +163,18 @@ BAD: dict[str, tuple[Case, str]] = {
         "-p", "tersoff", "--potential-file", "nope.tersoff"), sweep=("--sweep", "A=3000,3100"),
         sens=("--wrt", "A", "--observable", "energy")), "no such potential file"),
     "scan: existing output": (lambda f: _scan(ARGON, "-o", f["exists.h5"]), "--overwrite"),
+    # outputs that could only fail at the end (after the relaxation)
+    "output under a file": (lambda f: _sens(ARGON, "-o", f["exists.h5"] + "/x.h5"),
+                            "not a directory"),
+    "output where nothing can be written": (lambda f: _sens(ARGON, "-o", "/proc/x.h5"),
+                                            "cannot write there"),
+    "sensitivity output not HDF5": (lambda f: _sens(ARGON, "-o", "out.xyz"), "*.h5"),
+    "scan output not HDF5": (lambda f: _scan(ARGON, "-o", "out.xyz"), "*.h5"),
+    "relax output ASE cannot write": (lambda f: _relax(ARGON, "-o", "out.zzz"),
+                                      "no structure format"),
+    "relax: output under a file": (lambda f: _relax(ARGON, "-o", f["exists.h5"] + "/x.xyz"),
+                                   "not a directory"),
+    "plot: not a PNG name": (lambda f: ["plot", f["exists.h5"], "-o", "fig.pdfx"], "*.png"),
 }
 
 

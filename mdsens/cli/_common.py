@@ -172,14 +172,61 @@ def merge_params(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse an existing output without ``--overwrite`` and a missing output directory."""
+HDF5_SUFFIXES = (".h5", ".hdf5", ".h5md")
+"""Output names an HDF5 (H5MD) result is written under."""
+
+
+def check_output(path: Path, overwrite: bool, kind: str = "any") -> None:
+    """Refuse, before any work, an output that could not be written at the end: an existing
+    file without ``--overwrite``, a directory, a missing or unwritable directory, or a name
+    whose suffix does not say the format written.
+
+    Args:
+      kind: ``"hdf5"`` (``.h5``, ``.hdf5``, ``.h5md``), ``"png"``, ``"structure"`` (HDF5 or
+        any format ASE writes, from the suffix) or ``"any"`` (no suffix check).
+    """
     if path.exists() and not overwrite:
         raise BadInput(f"{path}: output exists; pass --overwrite to replace it")
     if path.is_dir():
         raise BadInput(f"{path}: output is a directory")
     if not path.parent.exists():
         raise BadInput(f"{path.parent}: output directory does not exist")
+    if not path.parent.is_dir():
+        raise BadInput(f"{path.parent}: not a directory; choose another -o")
+    _check_suffix(path, kind)
+    _check_writable(path.parent)
+
+
+def _check_suffix(path: Path, kind: str) -> None:
+    suffix = path.suffix.lower()
+    if kind == "hdf5" and suffix not in HDF5_SUFFIXES:
+        raise BadInput(f"{path}: the output is HDF5 (H5MD); name it with -o *.h5")
+    if kind == "png" and suffix != ".png":
+        raise BadInput(f"{path}: the figure is a PNG; name it with -o *.png")
+    if kind == "structure" and suffix not in HDF5_SUFFIXES:
+        from ase.io.formats import filetype, ioformats
+
+        try:
+            fmt = filetype(str(path), read=False)
+            writable = ioformats[fmt].can_write
+        except Exception:  # ase raises several kinds for an unknown name
+            writable = False
+        if not writable:
+            raise BadInput(f"{path}: no structure format ASE writes has this name; use -o "
+                           f"*.h5 (H5MD), *.xyz (extended XYZ), *.cif, POSCAR, ...")
+
+
+def _check_writable(directory: Path) -> None:
+    """Create and remove a temporary file in ``directory`` (permissions alone do not say
+    whether, e.g., ``/proc`` takes a new file)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".mdsens-check-"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"{directory}: cannot write there ({exc.strerror}); choose another "
+                       f"-o") from None
 
 
 def command_line() -> str:

@@ -31,7 +31,7 @@ def plot_cmd(result: Path, param, scale, output: Path, overwrite: bool, quiet: b
     from ..io.errors import InputError
     from ..io.hdf5 import read_result
 
-    c.check_output(output, overwrite)
+    c.check_output(output, overwrite, kind="png")
     from ..studies import is_study
 
     if is_study(result):  # a parameter study (mdsens scan): values vs the swept parameter

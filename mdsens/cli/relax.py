@@ -10,7 +10,6 @@ from . import _common as c
 from ._config import config_option, config_params, config_path
 from ._progress import CHUNK, relax_progress
 
-_H5 = (".h5", ".hdf5", ".h5md")
 DEFAULT_MAX_STEPS = 10000
 """``mdsens.md.relax``'s default step cap (the progress bar's total)."""
 
@@ -43,7 +42,7 @@ def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, re
     options = c.relax_options(fmax, max_steps, pressure, relax_cell)
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))
-    c.check_output(output, overwrite)
+    c.check_output(output, overwrite, kind="structure")
     c.check_index(index)
     info = c.check_potential(potential, values, potential_file)
     atoms = c.load_structure(structure, fmt, index)
@@ -70,7 +69,7 @@ def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, re
               "relax_cell": relax_cell, "method": method, "relax_options": options,
               "config_file": config_path()}
     written = converged or partial
-    if written and output.suffix.lower() in _H5:
+    if written and output.suffix.lower() in c.HDF5_SUFFIXES:
         from ..io.hdf5 import write_result
 
         write_result(output, relaxation, system, pot, config, c.command_line())

@@ -98,7 +98,7 @@ def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_ce
         if not output.is_file():
             raise c.BadInput(f"{output}: no study file to resume")
     else:
-        c.check_output(output, overwrite)
+        c.check_output(output, overwrite, kind="hdf5")
     values = c.parse_params(params)
     info = c.check_potential(potential, values, potential_file)
     c.check_observables(observables)

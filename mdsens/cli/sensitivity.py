@@ -51,7 +51,7 @@ def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_fi
         options["method"] = method
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
                             c.parse_params(params))
-    c.check_output(output, overwrite)
+    c.check_output(output, overwrite, kind="hdf5")
     c.check_index(index)
     info = c.check_potential(potential, values, potential_file)
     c.check_observables(observables)
