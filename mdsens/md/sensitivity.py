@@ -173,8 +173,9 @@ def sensitivity(
       ``zero_modes`` (count, rattler atoms), ``min_curvature_estimate`` (Lanczos),
       ``root_residual`` (‖F‖ on the complement of the zero modes) and
       ``root_error_estimate`` (‖F‖ / λ_min, a first-order bound on the distance to the
-      exact root), ``jacobian_error`` (with ``jacobian_error=True``: the estimate and its
-      ingredients α, β, γ, R, C; else None), ``elastic_solves`` and timings.
+      exact root), ``jacobian_error`` (with ``jacobian_error=True``: the root term
+      ``estimate``, the solve term of forward solves at ``tol``, their sum ``bound`` and
+      the ingredients α, β, γ, R, C; else None), ``elastic_solves`` and timings.
     """
     check_policy(on_failure)
     if mode not in ("auto", "forward", "reverse"):
@@ -283,7 +284,7 @@ def sensitivity(
             _, ritz, count = _check_stage(lanczos_steps, plan.hessian, problem, x_star,
                                           theta0, q)
         lam_scale = _ritz_summary(np.asarray(ritz)[: int(count)])[2]
-        est = _jacobian_error(problem, x_star, theta0, q, lam_scale, lanczos_steps)
+        est = _jacobian_error(problem, x_star, theta0, q, lam_scale, lanczos_steps, tol)
         jacobian_estimate = {f.name: float(getattr(est, f.name))
                              for f in dataclasses.fields(est)}
         timings["jacobian_error"] = time.perf_counter() - t0
@@ -492,7 +493,7 @@ def _check_stage(steps: int, hessian: str, problem, x_star, theta0, q):
     return residual, ritz, count
 
 
-def _jacobian_error(problem, x_star, theta0, q, scale, steps):
+def _jacobian_error(problem, x_star, theta0, q, scale, steps, tol):
     r"""Jacobian error estimate of the implicit core on the complement of the zero modes.
 
     The zero modes (orthonormal columns ``q``) make ``∂ₓF`` singular, so the estimate is
@@ -500,7 +501,8 @@ def _jacobian_error(problem, x_star, theta0, q, scale, steps):
     ``Q = q qᵀ``, ``s`` = the largest Hessian eigenvalue): its root derivative is the
     minimum-norm derivative that :func:`sensitivity` reports, and its Jacobian has the
     nonzero spectrum of ``P H P`` plus ``s`` on the zero modes, so ``α`` is the smallest
-    stiffness off the zero modes.
+    stiffness off the zero modes. ``tol``: relative tolerance of the derivative solves (the
+    a-priori solve term).
     """
     flat_x, unravel = ravel_pytree(x_star)
 
@@ -509,7 +511,7 @@ def _jacobian_error(problem, x_star, theta0, q, scale, steps):
         dx = ravel_pytree(x)[0] - flat_x
         return unravel(fx - q @ (q.T @ fx) + scale * (q @ (q.T @ dx)))
 
-    return jax.jit(lambda: jacobian_error_estimate(F_tilde, x_star, (theta0,),
+    return jax.jit(lambda: jacobian_error_estimate(F_tilde, x_star, (theta0,), solve_tol=tol,
                                                    lanczos_steps=steps))()
 
 
