@@ -1,4 +1,5 @@
-"""Parameter studies on a Dask cluster: same results as the serial loop, one writer."""
+"""Parameter studies on a Dask cluster of its own (``workers=2``): same results as the
+serial loop, one writer, a dashboard on localhost, a quiet shutdown."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import ase.build  # noqa: E402
 
 from mdsens.md.potentials import get  # noqa: E402
 from mdsens.studies import read, scan  # noqa: E402
-from mdsens.studies._dask import plan_chunks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STRUCTURE = str(ROOT / "data" / "ar_fcc_32.extxyz")
@@ -68,34 +68,31 @@ def _forget(path, points):
             s["edges"][p % n_grid] = np.nan
 
 
-def test_plan_chunks():
-    done = np.zeros(12, bool)
-    assert plan_chunks(done, 6, 2, 2) == [(0, [0, 1, 2]), (0, [3, 4, 5]),
-                                          (1, [0, 1, 2]), (1, [3, 4, 5])]
-    assert plan_chunks(done[:6], 6, 1, 2) == [(0, [0, 1]), (0, [2, 3]), (0, [4]), (0, [5])]
-    assert plan_chunks(done[:3], 3, 1, 8) == [(0, [0]), (0, [1]), (0, [2])]
-    done[[0, 3, 9]] = True  # runs never cross a done point
-    assert plan_chunks(done, 6, 2, 1) == [(0, [1, 2]), (0, [4, 5]), (1, [0, 1, 2]),
-                                          (1, [4, 5])]
-    assert plan_chunks(np.ones(4, bool), 2, 2, 3) == []
-
-
-def test_dask_equals_serial(serial, tmp_path):
-    """A partly done file resumed on a 2-process LocalCluster: points 1..5 in chunks
-    [1, 2], [3], [4], [5]; point 1 warm-starts from the stored point 0, point 2 from point
-    1 within its chunk, the others from the input structure."""
+def test_dask_equals_serial(serial, tmp_path, capfd):
+    """A partly done file resumed on a 2-process LocalCluster, one task per point: point 1
+    warm-starts from the stored point 0 and point 4 (the middle of the rest) starts cold
+    on the other worker; every later point starts warm from its predecessor or cold, as
+    the planner picks. The dashboard listens on localhost only; closing the cluster logs
+    nothing (the worker processes' stderr is this process's, captured by capfd)."""
     assert serial.complete and serial.converged.all(), serial.problems
     path = tmp_path / "dask.h5"
     shutil.copy(serial.path, path)
     _forget(path, range(1, len(SIGMAS)))
-    written = []
-    result = _run(path, resume=True, workers=2,
+    written, messages = [], []
+    capfd.readouterr()
+    result = _run(path, resume=True, workers=2, notify=messages.append,
                   progress=lambda n, total, p, ok: written.append((n, p, ok)))
+    err = capfd.readouterr().err
+    for bad in ("still alive", "killing", "CancelledError", "Traceback"):
+        assert bad not in err, err
+    assert any(m.startswith("Dask dashboard: http://127.0.0.1:") for m in messages), messages
     assert sorted(p for _, p, _ in written) == list(range(1, len(SIGMAS)))  # no duplicates
     assert [n for n, _, _ in written] == list(range(2, len(SIGMAS) + 1))
     assert all(ok for _, _, ok in written)
     assert result.complete and result.converged.all(), result.problems
-    np.testing.assert_array_equal(result.diagnostics["warm_start"], [-1, 0, 1, -1, -1, -1])
+    warm = result.diagnostics["warm_start"]
+    assert warm[0] == -1 and warm[1] == 0 and warm[4] == -1, warm
+    assert all(warm[p] in (-1, p - 1) for p in range(len(SIGMAS))), warm
     for name in OBS:
         v = serial.values[name]
         np.testing.assert_allclose(result.values[name], v, rtol=1e-7,
@@ -110,6 +107,8 @@ def test_dask_equals_serial(serial, tmp_path):
 @pytest.mark.parametrize("args, match", [
     (["--workers", "0"], "--workers"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"], "exclude"),
+    (["--scheduler-file", "missing.json"], "no such file"),
+    (["--cluster", "missing.yaml"], "no such file"),
 ])
 def test_cli_rejects_bad_backend(args, match, tmp_path):
     from click.testing import CliRunner

@@ -47,22 +47,35 @@ from . import _common as c
               help="Compute on a local Dask cluster of N processes (needs "
                    "pip install 'mdsens[dask]').")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Compute on the running Dask cluster at ADDRESS (tcp://host:8786); "
-                   "excludes --workers.")
+              help="Compute on the running Dask cluster at ADDRESS (tcp://host:8786).")
+@click.option("--scheduler-file", default=None, type=click.Path(path_type=Path),
+              metavar="FILE",
+              help="Compute on the running Dask cluster whose scheduler wrote FILE "
+                   "(dask scheduler --scheduler-file FILE, dask-mpi).")
+@click.option("--cluster", "cluster_spec", default=None, type=click.Path(path_type=Path),
+              metavar="SPEC.yaml",
+              help="Start the Dask cluster of SPEC.yaml for this run (dask-jobqueue: "
+                   "class: slurm, pbs, ...; or class: local) and close it after; see "
+                   "docs/studies.md. --workers, --scheduler, --scheduler-file and --cluster "
+                   "exclude each other.")
 @click.option("--batch", type=int, default=1, show_default=True, metavar="K",
               help="Relax K consecutive points of a structure at once (vmap); each point's "
                    "sensitivities still run one after another. Ignored with Dask.")
 @c.quiet_option
 def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_cell, pressure, fmax,
              max_steps, method, sweeps, wrt, observables, mode, output: Path, resume: bool,
-             overwrite: bool, workers: int | None, scheduler: str | None, batch: int,
+             overwrite: bool, workers: int | None, scheduler: str | None,
+             scheduler_file: Path | None, cluster_spec: Path | None, batch: int,
              quiet: bool) -> None:
     """Relax and differentiate STRUCTURE... at every point of a parameter grid; write one
     study file OUTPUT (HDF5, leading point axis, resumable after a crash).
 
     Exit code 1 when some point failed (OUTPUT is complete; failed points are marked
-    converged = false with their problems). With --workers or --scheduler the points are
-    computed by Dask workers and this process alone writes OUTPUT. See docs/studies.md.
+    converged = false with their problems). With --workers, --scheduler,
+    --scheduler-file or --cluster each point is one Dask task and this process alone
+    writes OUTPUT, each point as it finishes. One process writes OUTPUT at a time: a second
+    one is refused (exit 2) with the pid, host and command of the first. See
+    docs/studies.md.
 
     \b
     Examples:
@@ -75,7 +88,7 @@ def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_ce
           --sweep sigma=3.3:3.5:21 --wrt sigma --observable volume --relax-cell \\
           -o study.h5 --workers 4
     """
-    _check_backend(workers, scheduler)
+    cluster = _check_backend(workers, scheduler, scheduler_file, cluster_spec)
     if batch < 1:
         raise c.BadInput(f"--batch must be at least 1, got {batch}")
     from ..studies import parse_sweep
@@ -99,6 +112,7 @@ def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_ce
             raise c.BadInput(f"{output}: no study file to resume")
     else:
         c.check_output(output, overwrite, kind="hdf5")
+    _check_not_in_use(output)
     values = c.parse_params(params)
     info = c.check_potential(potential, values, potential_file)
     c.check_observables(observables)
@@ -124,7 +138,9 @@ def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_ce
     except ValueError as exc:
         raise c.BadInput(str(exc)) from None
     n_points = len(systems) * _grid_size(sweep)
-    with _points_progress(not quiet, n_points) as progress:
+    from ..studies import StudyInUse
+
+    with _points_progress(not quiet, n_points) as (progress, notify):
         try:
             result = scan(systems, pot, sweep, list(wrt), list(observables), output,
                           relax_cell=relax_cell, pressure=options.pop("pressure", 0.0),
@@ -133,8 +149,9 @@ def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_ce
                           resume=resume, overwrite=overwrite,
                           labels=[label for _, label, _ in frames], progress=progress,
                           command_line=c.command_line(), workers=workers,
-                          scheduler=scheduler, batch=batch)
-        except (ValueError, ConnectionError) as exc:
+                          scheduler=scheduler, scheduler_file=scheduler_file,
+                          cluster=cluster, batch=batch, notify=notify)
+        except (ValueError, ConnectionError, StudyInUse) as exc:
             raise c.BadInput(str(exc)) from None
     failed = int((~result.converged).sum())
     problems = [f"point {p}: {result.problems[p] or 'not converged'}"
@@ -144,20 +161,47 @@ def scan_cmd(structures, fmt, index, potential, params, potential_file, relax_ce
     c.finish(failed == 0, problems, output, quiet)
 
 
-def _check_backend(workers: int | None, scheduler: str | None) -> None:
-    """--workers / --scheduler: valid, not both, and Dask installed (else BadInput)."""
-    if workers is not None and scheduler is not None:
-        raise c.BadInput("--workers and --scheduler exclude each other")
+def _check_backend(workers: int | None, scheduler: str | None, scheduler_file: Path | None,
+                   cluster_spec: Path | None) -> Any:
+    """--workers / --scheduler / --scheduler-file / --cluster: valid, at most one, and Dask
+    installed (else BadInput). Returns the loaded ClusterSpec of --cluster, or None."""
+    given = [name for name, value in (("--workers", workers), ("--scheduler", scheduler),
+                                      ("--scheduler-file", scheduler_file),
+                                      ("--cluster", cluster_spec)) if value is not None]
+    if len(given) > 1:
+        raise c.BadInput(f"{' and '.join(given)} exclude each other")
     if workers is not None and workers < 1:
         raise c.BadInput(f"--workers must be at least 1, got {workers}")
     if scheduler is not None and not scheduler.strip():
         raise c.BadInput("--scheduler needs an address such as tcp://host:8786")
-    if workers is not None or scheduler is not None:
-        import importlib.util
+    for option, path in (("--scheduler-file", scheduler_file), ("--cluster", cluster_spec)):
+        if path is not None and not path.is_file():
+            raise c.BadInput(f"{option} {path}: no such file")
+    if not given:
+        return None
+    import importlib.util
 
-        if importlib.util.find_spec("distributed") is None:
-            raise c.BadInput("--workers/--scheduler need dask.distributed: "
-                             "pip install 'mdsens[dask]'")
+    if importlib.util.find_spec("distributed") is None:
+        raise c.BadInput(f"{given[0]} needs dask.distributed: pip install 'mdsens[dask]'")
+    if cluster_spec is None:
+        return None
+    from ..studies import ClusterSpec
+
+    try:
+        spec = ClusterSpec.load(cluster_spec)
+        spec.resolve()
+    except ValueError as exc:
+        raise c.BadInput(f"--cluster {exc}") from None
+    return spec
+
+
+def _check_not_in_use(output: Path) -> None:
+    """Refuse, before any work, an OUTPUT that another process is writing."""
+    from ..studies import StudyInUse, lock_owner
+
+    owner = lock_owner(output)
+    if owner is not None:
+        raise c.BadInput(str(StudyInUse(output, owner)))
 
 
 def _check_sweep(sweep: dict[str, list[float]], info: catalog.PotentialInfo,
@@ -189,16 +233,17 @@ def _grid_size(sweep: dict) -> int:
 
 @contextlib.contextmanager
 def _points_progress(enabled: bool, total: int) -> Iterator:
-    """``progress(n_done, total, point, converged)`` drawing a rich bar with ETA on a
-    terminal (stderr), or None."""
+    """``(progress, notify)``: ``progress(n_done, total, point, converged)`` drawing a rich
+    bar with ETA on a terminal (stderr), else None; ``notify(message)`` printing a line on
+    stderr (above the bar), or None when not ``enabled``."""
     if not enabled:
-        yield None
+        yield None, None
         return
     from rich.console import Console
 
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield None
+        yield None, lambda message: click.echo(message, err=True)
         return
     from rich.progress import (
         BarColumn,
@@ -220,57 +265,15 @@ def _points_progress(enabled: bool, total: int) -> Iterator:
         failed += not converged
         bar.update(task, completed=n_done, failed=f"{failed} failed" if failed else "")
 
+    def notify(message: str) -> None:
+        console.print(message, markup=False, highlight=False, soft_wrap=True)
+
     with bar:
-        yield progress
+        yield progress, notify
 
 
 def plot_study(path: Path, param: str | None, output: Path, quiet: bool) -> None:
-    """``mdsens plot STUDY.h5``: each scalar observable against a swept parameter (``param``,
-    default the first), one series per structure and combination of the other swept
-    values, with the derivative at each done point drawn as a short tangent segment."""
-    import numpy as np
+    """``mdsens plot STUDY.h5`` (the figure is :func:`mdsens.cli._figures.study_figure`)."""
+    from .plot import plot_study as plot
 
-    from ..studies import read
-
-    study = read(path)
-    names = list(study.parameters)
-    x_name = param or names[0]
-    if x_name not in study.parameters:
-        raise c.BadInput(f"--wrt {x_name!r} is not swept in {path}; swept: {names}")
-    scalars = [k for k, v in study.values.items() if v.ndim == 1]
-    if not scalars:
-        raise c.BadInput(f"{path}: no scalar observable to plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = study.parameters[x_name]
-    others = [n for n in names if n != x_name]
-    keys = [(int(study.structure_index[p]), *(float(study.parameters[n][p]) for n in others))
-            for p in range(x.size)]
-    series = sorted(set(keys))
-    xs = np.unique(x)
-    half = 0.3 * (np.diff(xs).min() if xs.size > 1 else 1.0)
-    fig, axes = plt.subplots(1, len(scalars), figsize=(5 * len(scalars), 4), squeeze=False)
-    for ax, name in zip(axes[0], scalars):
-        deriv = study.derivatives.get(name, {}).get(x_name)
-        for j, key in enumerate(series):
-            sel = np.array([k == key for k in keys]) & study.done
-            label = study.structures[key[0]] if len(study.structures) > 1 else ""
-            label += "".join(f" {n}={v:g}" for n, v in zip(others, key[1:]))
-            ax.plot(x[sel], study.values[name][sel], "o", color=f"C{j}",
-                    label=label.strip() or None)
-            bad = sel & ~study.converged
-            ax.plot(x[bad], study.values[name][bad], "x", color="k", ms=9)
-            if deriv is not None and deriv.ndim == 1:
-                for s, y, d in zip(x[sel], study.values[name][sel], deriv[sel]):
-                    ax.plot([s - half, s + half], [y - d * half, y + d * half],
-                            color=f"C{j}", lw=1.5, alpha=0.7)
-        ax.set(xlabel=x_name, ylabel=f"{name} ({study.units[name]})")
-        if len(series) > 1:
-            ax.legend(fontsize="small")
-    fig.suptitle(f"{path.name}: {int(study.done.sum())}/{study.done.size} points done, "
-                 f"{int((study.done & ~study.converged).sum())} failed (x)")
-    fig.tight_layout()
-    c.save_png(fig, output, quiet)
+    plot(path, param, output, quiet)

@@ -22,6 +22,11 @@ its index ``p``::
                                           links to the particles group's values
     /parameters/<name>, /structure_index, /done, /converged, /problems, /status,
     /diagnostics/<name>, /study (attr definition), /provenance
+
+One writer: :class:`WriterLock` holds an OS advisory lock (``flock``) on the side file
+``<file>.lock`` for as long as a process writes the study; a second writer is refused with
+:class:`StudyInUse` naming the first (pid, host, start time, command). The kernel releases
+the lock when its process ends, however it ends, so a killed writer leaves no stale lock.
 """
 
 from __future__ import annotations
@@ -29,12 +34,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
+import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["StudyResult", "create", "read", "write_point", "KIND", "PROBLEM_BYTES"]
+__all__ = ["KIND", "PROBLEM_BYTES", "LockOwner", "StudyInUse", "StudyResult", "WriterLock",
+           "create", "lock_owner", "lock_path", "read", "write_point"]
 
 KIND = "study"
 PROBLEM_BYTES = 2048
@@ -285,3 +295,172 @@ def read(path: str | os.PathLike) -> StudyResult:
             diagnostics={k: v[()] for k, v in f["diagnostics"].items()},
             definition=definition,
         )
+
+
+# ----------------------------------------------------------------------------- one writer
+
+
+@dataclasses.dataclass(frozen=True)
+class LockOwner:
+    """The process that holds a study file's writer lock (as it recorded itself)."""
+
+    pid: int
+    host: str
+    started: str  # local time, ISO 8601, seconds
+    command: str
+
+    def describe(self) -> str:
+        """``pid 123 on host node1 since 2025-01-01T10:00:00: mdsens scan ...``"""
+        if self.pid < 0:
+            return "a process that has not recorded itself"
+        command = " ".join(self.command.split()) or "?"
+        return f"pid {self.pid} on host {self.host} since {self.started}: {command}"
+
+
+class StudyInUse(RuntimeError):
+    """Another process is writing the study file (it holds the file's writer lock).
+
+    Attributes:
+      path: the study file; owner: the :class:`LockOwner`, or None when it could not be
+        read (a writer that has just taken the lock and not yet recorded itself).
+    """
+
+    def __init__(self, path: str | os.PathLike, owner: LockOwner | None):
+        self.path = Path(path)
+        self.owner = owner
+        who = owner.describe() if owner is not None else "a process that is starting"
+        super().__init__(f"{self.path} is being written by another process ({who}); "
+                         "wait for it to finish or stop it")
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The side file ``<path>.lock`` whose lock guards the study file ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def _fcntl() -> Any:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    return fcntl
+
+
+def _read_owner(fd: int) -> LockOwner | None:
+    """The owner recorded in an open lock file, or None (empty or unreadable)."""
+    for _ in range(20):  # a writer that has just taken the lock records itself at once
+        try:
+            data = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+            return LockOwner(int(data["pid"]), str(data["host"]), str(data["started"]),
+                             str(data["command"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.025)
+    return None
+
+
+def lock_owner(path: str | os.PathLike) -> LockOwner | None:
+    """The process writing the study file ``path`` now, or None when none is.
+
+    A probe that takes nothing: it tests the lock of ``<path>.lock`` and lets it go (a
+    lock file left by a killed writer holds no lock and reads as None).
+    """
+    fcntl = _fcntl()
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(lock_path(path), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            return owner if owner is not None else LockOwner(-1, "?", "?", "?")
+        except OSError:  # no locks on this file system: nothing can be said
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class WriterLock:
+    """Exclusive right to write the study file ``path``, as a context manager.
+
+    ``flock(LOCK_EX | LOCK_NB)`` on ``<path>.lock``, which then records this process
+    (JSON: pid, host, started, command). Held by an open file description: the kernel
+    drops it when the process exits or is killed, so no stale lock survives its writer;
+    a process forked while it is held shares it (exec'd children do not: the descriptor
+    is not inheritable). On release the side file is removed while still locked. Where
+    ``fcntl`` does not exist (not POSIX) no lock is taken and a ``RuntimeWarning`` says so.
+
+    Raises (on entry):
+      StudyInUse: another open description holds the lock (another process, or another
+        writer in this one).
+      OSError: the side file cannot be created or locked (a read-only directory, a file
+        system without locks), with the reason.
+    """
+
+    def __init__(self, path: str | os.PathLike, command: str = ""):
+        self.path = Path(path)
+        self.command = command or " ".join(sys.argv) or sys.executable
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        fcntl = _fcntl()
+        if fcntl is None:
+            warnings.warn(f"{self.path}: no file locks on this platform; nothing stops a "
+                          "second process from writing the same study file",
+                          RuntimeWarning, stacklevel=3)
+            return
+        side = lock_path(self.path)
+        while True:
+            try:
+                fd = os.open(side, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{side}: cannot create the study's lock file "
+                                         f"({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise StudyInUse(self.path, owner) from None
+            except OSError as exc:
+                os.close(fd)
+                raise OSError(exc.errno, f"{side}: cannot lock the study's lock file "
+                                         f"({exc.strerror})") from None
+            # the previous holder may have removed the file between our open and flock:
+            # then this lock guards nothing and a fresh file is needed
+            try:
+                current = os.stat(side)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                break
+            os.close(fd)
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": self.command}
+        data = json.dumps(record).encode("utf-8")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.unlink(lock_path(self.path))
+        except OSError:
+            pass
+        os.close(fd)

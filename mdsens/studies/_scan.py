@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import weakref
@@ -17,11 +18,30 @@ from . import _file, _spec
 if TYPE_CHECKING:
     from ..md.options import RelaxOptions
 
-__all__ = ["scan"]
+__all__ = ["PointOptions", "compute_point", "scan"]
 
 _NOT_IN_DEFINITION = ("chunk", "relax_cell", "pressure")
 
 Progress = Callable[[int, int, int, bool], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PointOptions:
+    """What every point of a study computes (:func:`compute_point`).
+
+    Attributes:
+      wrt, observables: parameter and observable names, as for ``sensitivity``.
+      relax_cell: relax the cell too; pressure: external pressure, eV/Å^d.
+      relax: the :class:`~mdsens.md.RelaxOptions` of every relaxation.
+      sensitivity: further keyword arguments of :func:`~mdsens.md.sensitivity`.
+    """
+
+    wrt: tuple[str, ...]
+    observables: tuple[str, ...]
+    relax_cell: bool
+    pressure: float
+    relax: Any
+    sensitivity: dict[str, Any]
 
 
 def scan(
@@ -43,7 +63,10 @@ def scan(
     command_line: str = "",
     workers: int | None = None,
     scheduler: str | None = None,
+    scheduler_file: str | os.PathLike | None = None,
+    cluster: Any = None,
     batch: int = 1,
+    notify: Callable[[str], None] | None = None,
 ) -> _file.StudyResult:
     r"""Relax and differentiate every point of a parameter grid × structures; stream to HDF5.
 
@@ -51,13 +74,17 @@ def scan(
     ``p = k G + g`` is structure ``k`` at grid point ``g``: ``relax`` (warm-started from the
     relaxed structure of point ``p - 1`` of the same structure when that point is done and
     finite, else from the input structure) and then :func:`mdsens.md.sensitivity` at that
-    relaxation (``on_failure="ignore"``). Each point is checked by its own derivatives: along
-    a swept parameter :math:`\theta`, :math:`(v_{g+1} - v_{g-1}) / (\theta_{g+1} -
-    \theta_{g-1}) = dv/d\theta + O(h^2)`.
+    relaxation (``on_failure="ignore"``), both in :func:`compute_point`. Each point is
+    checked by its own derivatives: along a swept parameter :math:`\theta`,
+    :math:`(v_{g+1} - v_{g-1}) / (\theta_{g+1} - \theta_{g-1}) = dv/d\theta + O(h^2)`.
 
     A failed point (relaxation or solve not converged, saddle, non-finite state) is recorded
     as done with ``converged = False``, its ``problems`` and diagnostics; values of a
     non-finite state stay NaN.
+
+    One writer: the call holds the lock of ``output`` (:class:`~mdsens.studies.WriterLock`
+    on ``<output>.lock``) from before it looks at the file until it returns; a second
+    process (or call) writing the same file is refused with :class:`StudyInUse`.
 
     Args:
       structures: one or a sequence of :class:`~mdsens.md.System`, ``ase.Atoms`` or paths
@@ -79,15 +106,22 @@ def scan(
         exactly (else ValueError); only points not marked done are computed.
       overwrite: replace an existing ``output`` (without ``resume``).
       labels: names of the structures (default: file names, else ``structure<k>``).
-      progress: called as ``progress(n_done, n_points, point, converged)`` after each point.
-      command_line: stored in the provenance.
+      progress: called as ``progress(n_done, n_points, point, converged)`` after each point
+        is written.
+      command_line: stored in the provenance and in the lock (default: ``sys.argv``).
       workers: compute on a local Dask cluster of this many processes (one thread each),
         started for the duration of the call. Needs ``pip install 'mdsens[dask]'``.
       scheduler: compute on the running Dask cluster whose scheduler is at this address
-        (``"tcp://host:8786"``); excludes ``workers``. With either, this process stays the
-        only writer of ``output``; grid points are cut into contiguous chunks, each chunk
-        warm-started like the serial loop, so results equal the serial run's to the
-        relaxation tolerance (see ``docs/studies.md``). Default: the serial in-process loop.
+        (``"tcp://host:8786"``).
+      scheduler_file: the same, the address read from a Dask scheduler file (``dask
+        scheduler --scheduler-file FILE``, dask-mpi).
+      cluster: start this Dask cluster for the call and close it after: a
+        :class:`~mdsens.studies.ClusterSpec` or the path of its YAML file (dask-jobqueue's
+        ``SLURMCluster``, ``PBSCluster``, ..., or ``distributed.LocalCluster``).
+        ``workers``, ``scheduler``, ``scheduler_file`` and ``cluster`` exclude each other;
+        with any of them each point is one Dask task, submitted as workers free up and
+        written by this process (the only writer) as it completes (see
+        ``docs/studies.md``). Default: the serial in-process loop.
       batch: relax up to this many consecutive points of one structure at once
         (:func:`mdsens.md.minimize.relax_batch`, a ``vmap`` over the points' parameters):
         every point of a batch starts from the relaxed structure of the point before the
@@ -96,19 +130,23 @@ def scan(
         relaxation tolerance (the warm starts differ). A batch shorter than ``batch`` (the
         end of a structure, or points already done) is padded with copies of its last
         point, so one compiled loop serves the study. Default 1: one point at a time.
-        The Dask backend ignores it (its tasks compute one point at a time).
+        The Dask backend ignores it (its tasks compute one point each).
+      notify: called with one-line messages about the run (the Dask dashboard's address,
+        waiting for Dask workers); default: none.
 
     Returns:
       :class:`StudyResult` read back from ``output``.
 
     Raises:
-      ValueError: bad sweep, wrt, observables or batch; mismatched study on resume.
+      ValueError: bad sweep, wrt, observables, batch, backend or cluster spec; mismatched
+        study on resume.
       FileExistsError: ``output`` exists and neither ``resume`` nor ``overwrite``.
       FileNotFoundError: ``resume`` without an existing ``output``.
-      ImportError: ``workers`` or ``scheduler`` without ``dask.distributed`` installed.
-      ConnectionError: no Dask scheduler answers at ``scheduler``.
+      StudyInUse: another process is writing ``output``.
+      ImportError: a Dask backend without ``dask.distributed`` installed.
+      ConnectionError: no Dask scheduler answers at ``scheduler`` / ``scheduler_file``.
     """
-    _check_backend(workers, scheduler)
+    backend = _backend(workers, scheduler, scheduler_file, cluster)
     _check_batch(batch)
     import h5py
 
@@ -131,110 +169,111 @@ def scan(
     for bad in ("relaxation", "relax_options", "on_failure", "relax_cell", "pressure"):
         if bad in sens_opts:
             raise ValueError(f"scan: sensitivity_options may not set {bad!r}")
+    options = PointOptions(tuple(wrt), tuple(observables), bool(relax_cell), float(pressure),
+                           relax_opts, sens_opts)
     grid = _spec.grid(sweep)
     n_grid = next(iter(grid.values())).size
     points = [{n: float(v[g]) for n, v in grid.items()} for g in range(n_grid)]
     pots = [_spec.potential_at(potential, pt) for pt in points]
+    definition = {
+        "version": 1,
+        "sweep": [[n, v] for n, v in sweep.items()],
+        "structures": [{"label": lab, "digest": _spec.structure_digest(s),
+                        "n_atoms": int(s.n_atoms)} for lab, s in zip(labels, systems)],
+        "wrt": wrt,
+        "observables": observables,
+        "potential": {"name": potential.name, "class": type(potential).__name__,
+                      "params": dict(potential.params), "species": potential.species,
+                      "settings": potential.settings},
+        "relax_cell": bool(relax_cell),
+        "pressure": float(pressure),
+        "relax_options": {k: v for k, v in relax_opts.changed().items()
+                          if k not in _NOT_IN_DEFINITION},
+        "sensitivity_options": sens_opts,
+    }
+    definition_json = _spec.canonical_json(definition)
 
-    backend: Any = contextlib.nullcontext()
-    if workers is not None or scheduler is not None:
-        # started first: the cluster comes up while this process evaluates the shapes
-        _check_output(output, resume, overwrite)
-        from . import _dask
-
-        backend = _dask.connect(workers, scheduler)
-    with backend as client:
-        # shapes (and validation of wrt / observables) from the input structures
-        obs_shapes: dict[str, tuple] | None = None
-        for system in systems:
-            resolved = obs_mod.resolve(observables, system.is_periodic, system.dim)
-            specs = parse_wrt(wrt, potential, system.dim, system.is_periodic, relax_cell)
-            shapes = _observable_shapes(system, potential, resolved)
-            if obs_shapes is not None and shapes != obs_shapes:
-                raise ValueError(f"scan: observables have different shapes across structures "
-                                 f"({obs_shapes} vs {shapes}); run one study per structure")
-            obs_shapes = shapes
-        units = {k: o.unit for k, o in resolved.items()}
-        theta0 = initial_theta(specs, potential, systems[0].dim, pressure)
-        param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
-
-        definition = {
-            "version": 1,
-            "sweep": [[n, v] for n, v in sweep.items()],
-            "structures": [{"label": lab, "digest": _spec.structure_digest(s),
-                            "n_atoms": int(s.n_atoms)} for lab, s in zip(labels, systems)],
-            "wrt": wrt,
-            "observables": observables,
-            "potential": {"name": potential.name, "class": type(potential).__name__,
-                          "params": dict(potential.params), "species": potential.species,
-                          "settings": potential.settings},
-            "relax_cell": bool(relax_cell),
-            "pressure": float(pressure),
-            "relax_options": {k: v for k, v in relax_opts.changed().items()
-                              if k not in _NOT_IN_DEFINITION},
-            "sensitivity_options": sens_opts,
-        }
-        definition_json = _spec.canonical_json(definition)
-        n_points = n_grid * len(systems)
-
+    with _file.WriterLock(output, command_line):
         _check_output(output, resume, overwrite)
         if resume:
             _check_definition(output, definition_json)
-        if client is not None:  # everything is checked before the file is made
-            job = _dask.Job.prepare(systems, potential, points, _model_point(pots),
-                                    {"wrt": wrt, "observables": observables,
-                                     "relax_cell": relax_cell, "pressure": pressure,
-                                     "relax_opts": relax_opts, "sens_opts": sens_opts,
-                                     "obs_shapes": obs_shapes, "param_shapes": param_shapes},
-                                    definition_json)
-        if not resume:
-            structure_index = np.repeat(np.arange(len(systems)), n_grid)
-            parameters = {n: np.tile(v, len(systems)) for n, v in grid.items()}
-            _file.create(output, definition_json, parameters, structure_index,
-                         list(zip(labels, systems)), obs_shapes, units, param_shapes,
-                         provenance(command_line))
-        if client is not None:  # Dask: this process stays the only writer
+        connection: Any = contextlib.nullcontext()
+        if backend is not None:
+            # started before the shapes are evaluated: workers import jax meanwhile
+            from . import _dask
+
+            connection = _dask.connect(backend, notify)
+        with connection as client:
+            # shapes (and validation of wrt / observables) from the input structures
+            obs_shapes: dict[str, tuple] | None = None
+            for system in systems:
+                resolved = obs_mod.resolve(observables, system.is_periodic, system.dim)
+                specs = parse_wrt(wrt, potential, system.dim, system.is_periodic, relax_cell)
+                shapes = _observable_shapes(system, potential, resolved)
+                if obs_shapes is not None and shapes != obs_shapes:
+                    raise ValueError(f"scan: observables have different shapes across "
+                                     f"structures ({obs_shapes} vs {shapes}); run one "
+                                     f"study per structure")
+                obs_shapes = shapes
+            units = {k: o.unit for k, o in resolved.items()}
+            theta0 = initial_theta(specs, potential, systems[0].dim, pressure)
+            param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
+            if client is not None:  # everything is checked before the file is made
+                job = _dask.Job.prepare(systems, potential, points, _model_point(pots),
+                                        options, definition_json)
+            if not resume:
+                structure_index = np.repeat(np.arange(len(systems)), n_grid)
+                parameters = {n: np.tile(v, len(systems)) for n, v in grid.items()}
+                _file.create(output, definition_json, parameters, structure_index,
+                             list(zip(labels, systems)), obs_shapes, units, param_shapes,
+                             provenance(command_line))
             with h5py.File(output, "r+") as f:
-                _dask.run(client, f, f["done"][()], job, progress=progress)
-            return _file.read(output)
-
-        with h5py.File(output, "r+") as f:
-            done = f["done"][()]
-            n_done = int(done.sum())
-            compute = dict(wrt=wrt, observables=observables, relax_cell=relax_cell,
-                           pressure=pressure, relax_opts=relax_opts, sens_opts=sens_opts,
-                           obs_shapes=obs_shapes, param_shapes=param_shapes)
-            for k, system in enumerate(systems):
-                model = _model_for(system, pots)
-                for group in _groups(done[k * n_grid:(k + 1) * n_grid], int(batch)):
-                    g0 = group[0]
-                    start, warm = system, -1
-                    if g0 > 0 and done[k * n_grid + g0 - 1]:
-                        prev = _stored_structure(f, k, g0 - 1, system)
-                        if prev is not None:
-                            start, warm = prev, k * n_grid + g0 - 1
-                    if batch == 1:
-                        computed = [_compute(start, model, pots[g0], **compute)]
-                    else:
-                        computed = _compute_batch(start, model, [pots[g] for g in group],
-                                                  int(batch), **compute)
-                    for g, point in zip(group, computed):
-                        p = k * n_grid + g
-                        point["diagnostics"]["warm_start"] = warm
-                        _file.write_point(f, p, n_grid, k, point)
-                        done[p] = True
-                        n_done += 1
-                        if progress is not None:
-                            progress(n_done, n_points, p, bool(point["converged"]))
-                if k + 1 < len(systems):
-                    # The next structure gets its own model: free mdsens's compiled
-                    # programs (they are kept per model and would otherwise accumulate over
-                    # a study of many structures); the caller's own jitted code is kept.
-                    from ..md.compiled import free
-
-                    del model
-                    free()
+                if client is not None:  # Dask: this process stays the only writer
+                    _dask.run(client, f, job, progress=progress, notify=notify)
+                else:
+                    _serial(f, systems, pots, n_grid, int(batch), options, progress)
         return _file.read(output)
+
+
+def _serial(f: Any, systems: Sequence[Any], pots: Sequence[Any], n_grid: int, batch: int,
+            options: PointOptions, progress: Progress | None) -> None:
+    """The in-process loop: structure by structure, the points not done in order (or in
+    batches of ``batch``), each written as soon as it is computed."""
+    done = f["done"][()]
+    n_points = int(done.size)
+    n_done = int(done.sum())
+    for k, system in enumerate(systems):
+        model = _model_for(system, pots)
+        for group in _groups(done[k * n_grid:(k + 1) * n_grid], batch):
+            g0 = group[0]
+            start, warm = None, -1
+            if g0 > 0 and done[k * n_grid + g0 - 1]:
+                start, warm = _stored(f, k, g0 - 1), k * n_grid + g0 - 1
+            if batch == 1:
+                computed = [compute_point(system, model, pots[g0], options, start, warm)]
+            else:
+                begin = _start_from(system, *start) if start is not None else None
+                if begin is None:
+                    begin, warm = system, -1
+                computed = _compute_batch(begin, model, [pots[g] for g in group], batch,
+                                          options)
+                for point in computed:
+                    point["diagnostics"]["warm_start"] = warm
+            for g, point in zip(group, computed):
+                p = k * n_grid + g
+                _file.write_point(f, p, n_grid, k, point)
+                done[p] = True
+                n_done += 1
+                if progress is not None:
+                    progress(n_done, n_points, p, bool(point["converged"]))
+        if k + 1 < len(systems):
+            # The next structure gets its own model: free mdsens's compiled programs (they
+            # are kept per model and would otherwise accumulate over a study of many
+            # structures); the caller's own jitted code is kept.
+            from ..md.compiled import free
+
+            del model
+            free()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -287,23 +326,16 @@ def _observable_shapes(system, potential, resolved) -> dict[str, tuple]:
     return out
 
 
-def _check_backend(workers, scheduler) -> None:
-    """Validate ``workers`` / ``scheduler`` (ValueError) and that Dask is installed."""
-    if workers is None and scheduler is None:
-        return
-    if workers is not None and scheduler is not None:
-        raise ValueError("scan: workers and scheduler exclude each other")
-    if workers is not None and (isinstance(workers, bool) or
-                                not isinstance(workers, (int, np.integer)) or workers < 1):
-        raise ValueError(f"scan: workers must be a positive integer, got {workers!r}")
-    if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
-        raise ValueError(f"scan: scheduler must be an address such as 'tcp://host:8786', "
-                         f"got {scheduler!r}")
-    import importlib.util
+def _backend(workers, scheduler, scheduler_file, cluster) -> Any:
+    """The Dask backend asked for (:class:`mdsens.studies._dask.Backend`), or None for the
+    in-process loop (ValueError for bad or conflicting values, ImportError without
+    ``dask.distributed``)."""
+    if workers is None and scheduler is None and scheduler_file is None and cluster is None:
+        return None
+    from . import _dask
 
-    if importlib.util.find_spec("distributed") is None:
-        raise ImportError("scan: workers/scheduler need dask.distributed: "
-                          "pip install 'mdsens[dask]'")
+    return _dask.Backend.of(workers=workers, scheduler=scheduler,
+                            scheduler_file=scheduler_file, cluster=cluster)
 
 
 def _check_batch(batch) -> None:
@@ -349,9 +381,11 @@ def _start_from(system, pos, cell):
     return system.replace(positions=np.asarray(pos), cell=np.asarray(cell))
 
 
-def _stored_structure(f, k, g, system):
+def _stored(f, k, g) -> tuple[np.ndarray, np.ndarray]:
+    """The relaxed ``(positions, edges)`` of grid point ``g`` of structure ``k`` in the
+    open study file (NaN where not written)."""
     g_ = f["structures"][str(k)]
-    return _start_from(system, g_["position"][g], g_["edges"][g])
+    return g_["position"][g], g_["edges"][g]
 
 
 def _check_output(output: Path, resume: bool, overwrite: bool) -> None:
@@ -377,12 +411,30 @@ def _check_definition(output: Path, definition_json: str) -> None:
                          f"({', '.join(keys)}); cannot resume")
 
 
+def compute_point(system, model, pot, options: PointOptions,
+                  start: tuple[Any, Any] | None = None, warm: int = -1) -> dict[str, Any]:
+    """One study point, the same in the serial loop and in a Dask task: relax ``system``
+    (the input structure) under ``pot`` with ``model``, from the relaxed ``start = (positions
+    (N, d) Å, edges (d, d) Å)`` of point ``warm`` when given and finite, else from the input
+    structure (then ``warm`` is recorded as -1); then differentiate.
+
+    Returns the point record :func:`mdsens.studies._file.write_point` writes (values,
+    derivatives, converged, problems, status, relaxed position and edges, diagnostics with
+    ``warm_start``). Never raises on a failed point.
+    """
+    begin = _start_from(system, *start) if start is not None else None
+    if begin is None:
+        begin, warm = system, -1
+    point = _compute(begin, model, pot, options)
+    point["diagnostics"]["warm_start"] = int(warm)
+    return point
+
+
 _LAST_NEIGHBORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Model -> the neighbour list its last relaxation in this process ended on."""
 
 
-def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_opts,
-             sens_opts, obs_shapes, param_shapes) -> dict[str, Any]:
+def _compute(start, model, pot, options: PointOptions) -> dict[str, Any]:
     """One point: relax from ``start`` and differentiate; never raises on a failed point."""
     from ..md.minimize import relax
 
@@ -390,15 +442,13 @@ def _compute(start, model, pot, wrt, observables, relax_cell, pressure, relax_op
     # The neighbour list of the previous point on this model is passed on: relax rebuilds
     # it where atoms or the cell moved (keeping its capacity), so consecutive points share
     # array shapes and reuse compiled code instead of recompiling for a new capacity.
-    relaxation = relax(start, model, relax_opts, params=dict(pot.params),
+    relaxation = relax(start, model, options.relax, params=dict(pot.params),
                        nbrs=_LAST_NEIGHBORS.get(model), on_failure="ignore")
     _keep_neighbors(model, relaxation)
-    return _differentiate(relaxation, pot, wrt, observables, relax_cell, pressure,
-                          sens_opts, time.perf_counter() - t0)
+    return _differentiate(relaxation, pot, options, time.perf_counter() - t0)
 
 
-def _compute_batch(start, model, pots, batch, wrt, observables, relax_cell, pressure,
-                   relax_opts, sens_opts, obs_shapes, param_shapes) -> list[dict[str, Any]]:
+def _compute_batch(start, model, pots, batch, options: PointOptions) -> list[dict[str, Any]]:
     """The points of ``pots`` (at most ``batch``): relaxed together from ``start``
     (:func:`~mdsens.md.minimize.relax_batch`, padded to ``batch`` members with copies of
     the last point), then differentiated one by one. A point's ``seconds`` is its share of
@@ -408,12 +458,11 @@ def _compute_batch(start, model, pots, batch, wrt, observables, relax_cell, pres
     t0 = time.perf_counter()
     params = [dict(p.params) for p in pots]
     params += [params[-1]] * (batch - len(params))
-    relaxations = relax_batch(start, model, params, relax_opts,
+    relaxations = relax_batch(start, model, params, options.relax,
                               nbrs=_LAST_NEIGHBORS.get(model), on_failure="ignore")[:len(pots)]
     _keep_neighbors(model, relaxations[-1])
     share = (time.perf_counter() - t0) / len(pots)
-    return [_differentiate(r, pot, wrt, observables, relax_cell, pressure, sens_opts, share)
-            for r, pot in zip(relaxations, pots)]
+    return [_differentiate(r, pot, options, share) for r, pot in zip(relaxations, pots)]
 
 
 def _keep_neighbors(model, relaxation) -> None:
@@ -424,8 +473,7 @@ def _keep_neighbors(model, relaxation) -> None:
         _LAST_NEIGHBORS[model] = relaxation.nbrs
 
 
-def _differentiate(relaxation, pot, wrt, observables, relax_cell, pressure, sens_opts,
-                   seconds) -> dict[str, Any]:
+def _differentiate(relaxation, pot, options: PointOptions, seconds) -> dict[str, Any]:
     """The sensitivities at ``relaxation`` as a point record (values, derivatives,
     convergence, problems, diagnostics); ``seconds`` is the time spent before."""
     from ..md.sensitivity import SensitivityError, sensitivity
@@ -444,9 +492,10 @@ def _differentiate(relaxation, pot, wrt, observables, relax_cell, pressure, sens
         "edges": np.asarray(relaxation.system.cell, np.float64),
     }
     try:
-        res = sensitivity(relaxation.system, pot, wrt, observables, relax_cell=relax_cell,
-                          pressure=pressure, relaxation=relaxation, on_failure="ignore",
-                          **sens_opts)
+        res = sensitivity(relaxation.system, pot, list(options.wrt),
+                          list(options.observables), relax_cell=options.relax_cell,
+                          pressure=options.pressure, relaxation=relaxation,
+                          on_failure="ignore", **options.sensitivity)
     except SensitivityError as exc:
         point["problems"] = [str(exc)]
     else:
