@@ -7,6 +7,8 @@ Public API (imported lazily, so that ``import mdsens`` and the command line stay
   parameter sets at once.
 - ``mdsens.sensitivity(system, potential, wrt=..., observables=...)``: derivatives of the
   relaxed state -> ``Sensitivity``.
+- ``mdsens.relaxed_state(system, potential, ...)``: the relaxed state as a differentiable
+  JAX function of the parameters (``jax.grad``/``jit``/``vmap`` through relaxations).
 - ``mdsens.potentials``: the potential registry (``potentials.get("lj", sigma=3.4)``).
 - ``mdsens.System``: the structure pytree (``System.from_ase(atoms)``).
 - ``mdsens.implicit``: the domain-free implicit-differentiation core.
@@ -36,6 +38,8 @@ _LAZY = {
     "Relaxation": ("mdsens.md.minimize", "Relaxation"),
     "sensitivity": ("mdsens.md.sensitivity", "sensitivity"),
     "Sensitivity": ("mdsens.md.sensitivity", "Sensitivity"),
+    "relaxed_state": ("mdsens.md.relaxed", "relaxed_state"),
+    "RelaxedState": ("mdsens.md.relaxed", "RelaxedState"),
 }
 
 __all__ = ["__version__", *_LAZY]

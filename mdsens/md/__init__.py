@@ -32,6 +32,9 @@ _LAZY = {
     "SensitivityError": (".results", "SensitivityError"),
     "sensitivity": (".sensitivity", "sensitivity"),
     "System": (".system", "System"),
+    "relaxed_state": (".relaxed", "relaxed_state"),
+    "RelaxedState": (".relaxed", "RelaxedState"),
+    "DerivativeOptions": (".relaxed", "DerivativeOptions"),
 }
 
 __all__ = list(_LAZY)

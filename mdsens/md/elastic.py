@@ -44,7 +44,7 @@ def stress_response(problem: RootProblem, theta, R0, C0, implicit):
     strain = ParamSpec("__strain__", "strain")
     fixed = dataclasses.replace(
         problem, relax_cell=False, cell0=C0,
-        specs=(*(s for s in problem.specs if s.kind in ("param", "pair")), strain),
+        specs=(*(s for s in problem.specs if s.kind in ("param", "pair", "user")), strain),
     )
     keys = [s.name for s in fixed.specs if s.kind != "strain"]
     # The root is known (R_ref, the relaxed positions): the "solver" returns it.

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..implicit import linsolve
+from ..implicit import custom_root, linsolve
 from .strain import deformation, n_voigt
 
 Array = jax.Array
@@ -36,10 +36,11 @@ _PAIR_RE = re.compile(r"^(\w+)\[\s*([A-Za-z]+)\s*,\s*([A-Za-z]+)\s*\]$")
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     """How one ``wrt`` name enters the parameters: a whole array, a species-pair entry, the
-    applied strain or the external pressure."""
+    applied strain, the external pressure, or (``"user"``) the argument of the problem's
+    ``params_fn``, whose output replaces the named potential parameters."""
 
     name: str
-    kind: Literal["param", "pair", "strain", "pressure"]
+    kind: Literal["param", "pair", "strain", "pressure", "user"]
     base: str = ""
     index: tuple[tuple[int, int], ...] = ()
 
@@ -127,9 +128,13 @@ class RootProblem:
     dim: int
     relax_cell: bool
     pressure: Any
+    params_fn: Any = None  # theta["user" spec] -> {name: value}, replacing base_params entries
 
     def params(self, theta) -> dict:
         params = dict(self.base_params)
+        for s in self.specs:
+            if s.kind == "user":
+                params.update(self.params_fn(theta[s.name]))
         for s in self.specs:
             if s.kind == "param":
                 params[s.base] = theta[s.name]
@@ -209,8 +214,25 @@ class RootProblem:
 jax.tree_util.register_dataclass(
     RootProblem,
     data_fields=["nbrs", "base_params", "cell0", "pressure"],
-    meta_fields=["model", "specs", "dim", "relax_cell"],
+    meta_fields=["model", "specs", "dim", "relax_cell", "params_fn"],
 )
+
+
+def implicit_root(problem: RootProblem, x_star, theta, solve, on_failure: str = "ignore"):
+    r"""The unknowns ``x(θ)`` of ``problem`` at its known root ``x_star`` (the result of a
+    relaxation at ``θ``), as a JAX function of ``θ`` whose derivatives follow the implicit
+    function theorem ``∂ₓF ẋ = −∂_θF θ̇`` (:func:`mdsens.implicit.custom_root`, symmetric
+    ``∂ₓF``: the Hessian of the objective).
+
+    ``x_star`` gets no derivative of its own (the relaxation that produced it is never
+    differentiated); ``solve`` is a linear solver with the zero modes projected out
+    (:func:`make_solver`). This is the one place where a relaxed state becomes
+    differentiable: :func:`mdsens.md.relaxed.relaxed_state`, the elastic constants and
+    :func:`mdsens.bilevel.fit_potential` all call it.
+    """
+    root = custom_root(lambda x, th, ref: problem.F(x, th), solve=solve, symmetric=True,
+                       on_failure=on_failure)(lambda init, th, ref: ref)
+    return root(None, theta, jax.lax.stop_gradient(x_star))
 
 
 @dataclasses.dataclass(frozen=True)
