@@ -405,18 +405,20 @@ def test_progress_bar():
 
     from rich.console import Console
 
-    from mdsens.cli._progress import relax_progress
+    from mdsens.cli._progress import Progress
 
     buf = io.StringIO()
-    console = Console(file=buf, force_terminal=True, width=100)
-    with relax_progress(True, 1000, delay=0.0, console=console) as callback:
+    console = Console(file=buf, force_terminal=True, width=120)
+    with Progress(True, console=console) as progress:
+        callback = progress.relax(1e-8)
         callback(100, -2.5, 3e-3)
+        progress._progress.refresh()
     text = buf.getvalue()
-    assert "100/1000" in text and "fmax 3.0e-03" in text
-    with relax_progress(False, 1000) as callback:
-        assert callback is None
-    with relax_progress(True, 1000, console=Console(file=io.StringIO())) as callback:
-        assert callback is None  # not a terminal
+    assert "relaxing" in text and "fmax 3.0e-03 → 1e-08 eV/Å" in text and "step 100" in text
+    with Progress(False) as progress:
+        assert progress.relax(1e-8) is None
+    with Progress(True, console=Console(file=io.StringIO())) as progress:
+        assert progress.relax(1e-8) is None  # not a terminal
 
 
 def test_cli_output_opens_in_mdanalysis_pyh5md_and_ase(run):

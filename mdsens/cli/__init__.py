@@ -19,10 +19,27 @@ from .relax import relax_cmd
 from .scan import scan_cmd
 from .sensitivity import sensitivity_cmd
 
-__all__ = ["ExitCode", "main"]
+__all__ = ["INTERRUPTED", "ExitCode", "main"]
+
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, as a shell reports a process killed by it)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The ``mdsens`` group: Ctrl-C (SIGINT, KeyboardInterrupt) during a command ends it
+    with one line, ``interrupted``, and exit status 130 (click's default is ``Aborted!``
+    and 1, which the commands use for "not converged"). Outputs are written atomically
+    (a temporary file renamed at the end), so an interrupted command leaves none."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(INTERRUPTED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mdsens")
 def main() -> None:
     """Sensitivities of relaxed atomic structures by implicit differentiation.

@@ -107,6 +107,10 @@ fmax_option = click.option(
 max_steps_option = click.option(
     "--max-steps", type=int, default=None,
     help="Maximum relaxation steps (relax: 10000, sensitivity: 100000).")
+stress_tol_option = click.option(
+    "--stress-tol", type=float, default=None, metavar="EV_PER_A3",
+    help="Stress tolerance of a cell relaxation (--relax-cell): max|σ + pI| in eV/Å^3 "
+         "(default: --fmax divided by the area of one atom's share of a face).")
 output_option = click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path),
     help="Output file.")
@@ -114,6 +118,10 @@ overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 quiet_option = click.option(
     "-q", "--quiet", is_flag=True, help="Print nothing on success, and no progress bar.")
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True,
+    help="Log each stage with its duration, and let JAX/XLA's own log lines (compiler "
+         "warnings, slow-compile alarms) through to stderr.")
 partial_option = click.option(
     "--partial/--no-partial", default=True, show_default=True,
     help="When the run does not converge, still write OUTPUT (marked converged = false); "
@@ -122,8 +130,22 @@ partial_option = click.option(
 model_options = _stack(structure_argument, format_option, index_option, potential_option,
                        param_option,
                        potential_file_option, relax_cell_option, pressure_option, fmax_option,
-                       max_steps_option, method_option)
-output_options = _stack(output_option, overwrite_option, quiet_option)
+                       stress_tol_option, max_steps_option, method_option)
+output_options = _stack(output_option, overwrite_option, quiet_option, verbose_option)
+
+
+def set_verbosity(verbose: bool) -> None:
+    """Before JAX is imported: XLA's C++ log lines (warnings, errors such as the
+    slow-compile alarm) reach stderr with ``-v`` (``TF_CPP_MIN_LOG_LEVEL`` at most 1, JAX's
+    default), none without (level 3, which the ``mdsens`` group sets unless the user chose
+    another level). No effect once JAX is imported."""
+    import os
+
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "1")
+    if verbose and not (level.isdigit() and int(level) <= 1):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+    elif not verbose and level == "1":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -317,6 +339,7 @@ def check_potential(name: str, params: dict[str, Any],
         raise BadInput(f"potential {name!r} is built from a Python function; use the Python "
                        f"API (mdsens.md.potentials.{info.name})")
     _check_params(info, name, params)
+    _check_param_values(info, params)
     _check_pair_tables(name, params)
     _check_potential_file(info, name, potential_file)
     return info
@@ -344,9 +367,58 @@ def _check_params(info: catalog.PotentialInfo, name: str, params: dict[str, Any]
                            f"got {value:g}")
 
 
+_POSITIVE_UNITS = {"Å": "a length", "σ": "a length in units of sigma", "eV": "an energy"}
+"""Units of parameters that must be > 0 (a zero or negative length or energy scale has no
+physical meaning, and a negative length gives the neighbour list a negative size)."""
+_NON_NEGATIVE_UNITS = {"1/Å": "an inverse length"}
+"""Units of parameters that must be >= 0 (Tersoff's lambda3 is 0 in many parametrisations)."""
+
+
+def _check_param_values(info: catalog.PotentialInfo, params: dict[str, Any]) -> None:
+    """Each ``--param`` value is finite; lengths (Å, multiples of sigma) and energies (eV)
+    are positive, inverse lengths (1/Å) not negative, as the catalog's units say; the
+    switch of a switched pair potential starts before it ends (``r_onset < r_cutoff``)."""
+    for key, value in params.items():
+        p = info.parameter(key)
+        if p is None:
+            continue
+        entries = value.items() if isinstance(value, dict) else [(None, value)]
+        for pair, x in entries:
+            label = key if pair is None else f"{key}[{pair[0]},{pair[1]}]"
+            if not math.isfinite(x):
+                raise BadInput(f"--param {label}={x}: not a finite number; give a value in "
+                               f"{p.unit}")
+            if p.unit in _POSITIVE_UNITS and not x > 0:
+                raise BadInput(f"--param {label}={x:g}: {_POSITIVE_UNITS[p.unit]} ({p.unit}) "
+                               "must be positive")
+            if p.unit in _NON_NEGATIVE_UNITS and not x >= 0:
+                raise BadInput(f"--param {label}={x:g}: {_NON_NEGATIVE_UNITS[p.unit]} "
+                               f"({p.unit}) must not be negative")
+    onset, cutoff = info.parameter("r_onset"), info.parameter("r_cutoff")
+    if onset is not None and cutoff is not None:
+        r_on = params.get("r_onset", onset.default)
+        r_off = params.get("r_cutoff", cutoff.default)
+        if not r_on < r_off:
+            raise BadInput(f"--param r_onset={r_on:g} must be below r_cutoff={r_off:g} (both "
+                           "in units of sigma): the switch runs from r_onset to r_cutoff")
+
+
 def _check_pair_tables(name: str, params: dict[str, Any]) -> None:
-    """Every per-pair table covers every pair of the species of all tables (as the
-    potential's factory requires)."""
+    """Every species of a per-pair table is a chemical symbol, and every table covers every
+    pair of the species of all tables (as the potential's factory requires)."""
+    from ase.data import atomic_numbers
+
+    for key, table in params.items():
+        if not isinstance(table, dict):
+            continue
+        for a, b in table:
+            for s in (a, b):
+                if s not in atomic_numbers:
+                    hint = s[:1].upper() + s[1:].lower()
+                    guess = f" (did you mean {hint}?)" if hint in atomic_numbers else ""
+                    raise BadInput(f"--param {key}[{a},{b}]: {s!r} is not a chemical "
+                                   f"symbol{guess}; species are named as in the structure "
+                                   "file")
     species = pair_species(params)
     for key, table in params.items():
         if not isinstance(table, dict):
@@ -354,8 +426,10 @@ def _check_pair_tables(name: str, params: dict[str, Any]) -> None:
         missing = [f"{a}-{b}" for i, a in enumerate(species) for b in species[i:]
                    if (a, b) not in table and (b, a) not in table]
         if missing:
-            raise BadInput(f"potential {name!r}: {key}: missing species pairs "
-                           f"{', '.join(missing)}")
+            raise BadInput(f"--param {key}: per-pair values need every pair of the species "
+                           f"{', '.join(species)}: missing species pairs "
+                           f"{', '.join(missing)} (add --param '{key}[A,B]=VALUE'; potential "
+                           f"{name!r})")
 
 
 def pair_species(params: dict[str, Any]) -> tuple[str, ...]:
@@ -438,35 +512,91 @@ def check_parameter_name(item: str, info: catalog.PotentialInfo, params: dict[st
                            f"'{base}[A,B]=VALUE')")
 
 
+def pbc_text(pbc: Sequence[bool]) -> str:
+    """``(True, True, False)`` -> ``"T T F"`` (as extended XYZ writes it)."""
+    return " ".join("T" if p else "F" for p in pbc)
+
+
+def boundary(atoms: Any) -> str:
+    """``"periodic"`` (pbc all True), ``"free"`` (all False: a cluster or molecule) or
+    ``"mixed"`` (a slab or wire: periodic along some cell vectors only)."""
+    pbc = [bool(p) for p in atoms.pbc]
+    return "periodic" if all(pbc) else "free" if not any(pbc) else "mixed"
+
+
 def check_structure(atoms: Any, path: Path, info: catalog.PotentialInfo,
                     params: dict[str, Any], observables: Sequence[str] = (),
-                    wrt: Sequence[str] = ()) -> None:
-    """Refuse, without JAX, a structure the run cannot use: mixed or singular periodic
-    boundaries, species without parameters in the per-pair tables, cell observables or
-    ``--wrt strain`` of a free system, overlapping atoms. (Species of a potential file
-    are checked when the file is read, in :func:`make_system`.)"""
-    import numpy as np
+                    wrt: Sequence[str] = (), relax_cell: bool = False) -> None:
+    """Refuse, without JAX, a structure the run cannot use: a singular periodic cell,
+    species without parameters in the per-pair tables, a ``--wrt`` pair of species the
+    structure lacks, overlapping atoms, and for a structure that is not periodic in every
+    direction (free: a cluster; mixed: a slab) ``--relax-cell``, ``--wrt strain`` and the
+    observables of a cell (volume, stress, ...).
 
-    pbc = tuple(bool(p) for p in atoms.pbc)
-    if any(pbc) and not all(pbc):
-        raise BadInput(f"{path}: mixed periodic boundary conditions pbc={pbc} are not "
-                       "supported; make pbc all True or all False")
-    periodic = all(pbc)
-    if periodic and abs(float(np.linalg.det(atoms.cell.array))) < 1e-12:
-        raise BadInput(f"{path}: periodic system needs a non-singular cell")
-    species = pair_species(params)
-    if species:
-        missing = [s for s in sorted(set(atoms.get_chemical_symbols())) if s not in species]
-        if missing:
-            raise BadInput(f"{path}: species {missing} have no parameters in potential "
-                           f"{info.name!r} (it has {list(species)})")
-    if not periodic:
+    Mixed boundaries are accepted: :func:`make_system` pads the non-periodic directions
+    with vacuum wider than the potential's cutoff and treats the structure as periodic.
+    (Species of a potential file are checked when the file is read, in
+    :func:`make_system`.)
+    """
+    kind = boundary(atoms)
+    where = f"{path} (pbc {pbc_text(atoms.pbc)}"
+    where += ": a free cluster)" if kind == "free" else ": a slab)" if kind == "mixed" else ")"
+    if kind != "periodic":
+        if relax_cell:
+            reason = ("a free structure has no cell to relax" if kind == "free" else
+                      "across the vacuum there is no stress, and the cell relaxes as a whole")
+            raise BadInput(f"--relax-cell needs a structure periodic in every direction; "
+                           f"{where}: {reason}; drop --relax-cell")
         for name in observables:
             if catalog.observable(name).periodic_only:
-                raise BadInput(f"{path}: observable {name!r} needs a periodic system")
+                raise BadInput(f"--observable {name} needs a structure periodic in every "
+                               f"direction; {where} has none that means something; choose "
+                               "another --observable")
         if "strain" in wrt:
-            raise BadInput(f"{path}: --wrt strain needs a periodic system")
-    _check_overlap(atoms, path)
+            raise BadInput(f"--wrt strain needs a structure periodic in every direction; "
+                           f"{where}")
+    checked = atoms
+    if kind == "mixed":
+        # any vacuum separates the slab from its images for the checks below; the run's
+        # own vacuum (wider than the cutoff) is chosen in make_system
+        checked = atoms.copy()
+        checked.center(vacuum=1.0, axis=[k for k, p in enumerate(atoms.pbc) if not p])
+        checked.pbc = True
+    if kind != "free":
+        _check_cell(checked, path, kind)
+    species = pair_species(params)
+    present = sorted(set(atoms.get_chemical_symbols()))
+    if species:
+        missing = [s for s in present if s not in species]
+        if missing:
+            raise BadInput(f"{path}: species {missing} have no parameters in potential "
+                           f"{info.name!r} (it has {list(species)}); add them with --param "
+                           "'NAME[A,B]=VALUE'")
+    for item in wrt:
+        m = _PAIR_NAME_RE.match(item)
+        if m:
+            absent = [s for s in m.group(2, 3) if s not in present]
+            if absent:
+                raise BadInput(f"--wrt {item}: {path} has no {', '.join(absent)} atoms (its "
+                               f"species: {', '.join(present)}), so the derivative is zero; "
+                               "choose a pair of its species")
+    _check_overlap(checked, path)
+
+
+def _check_cell(atoms: Any, path: Path, kind: str) -> None:
+    """A periodic cell with volume: ``|det C| > 1e-9 |a||b||c|`` (scale free: the volume
+    against that of a cube with the same edge lengths)."""
+    import numpy as np
+
+    cell = np.asarray(atoms.cell.array, np.float64)
+    lengths = np.linalg.norm(cell, axis=1)
+    det = abs(float(np.linalg.det(cell)))
+    if not np.all(np.isfinite(cell)) or not det > 1e-9 * float(np.prod(lengths)):
+        what = ("the periodic cell vectors" if kind == "periodic"
+                else "the periodic cell vectors of the slab")
+        raise BadInput(f"{path}: {what} are linearly dependent (singular cell, volume "
+                       f"{det:.3g} Å^3); fix the Lattice in the file, or mark the structure "
+                       "non-periodic (pbc F F F)")
 
 
 # ----------------------------------------------------------------------------- building (JAX)
@@ -485,9 +615,48 @@ def make_potential(name: str, params: dict[str, Any], potential_file: Path | Non
         raise BadInput(f"potential {name!r}: {exc}") from None
 
 
-def make_system(atoms: Any, potential: Any, path: Path) -> Any:
+VACUUM_MARGIN = 1.0
+"""Å of vacuum beyond the cutoff on each side of a slab (:func:`slab_vacuum`)."""
+
+
+def slab_vacuum(atoms: Any, potential: Any) -> float | None:
+    r"""The vacuum (Å, on each side) that makes a slab periodic in every direction, or None
+    for a structure periodic in every direction or in none.
+
+    The vacuum rule of :meth:`mdsens.md.System.from_ase`: each non-periodic direction is
+    padded so that ``v = r_c + 1`` Å of vacuum lies on each side of the atoms, so a gap
+    of :math:`2 r_c + 2` Å separates them from their periodic images: no interaction crosses
+    it (its length exceeds the cutoff :math:`r_c` plus the neighbour-list skin,
+    :math:`0.1\,r_c`, plus the surface atoms' relaxation), so the energy, forces and
+    derivatives are those of the isolated slab.
+    """
+    if boundary(atoms) != "mixed":
+        return None
+    cutoff = _cutoff(potential)
+    if cutoff is None:
+        raise BadInput(f"potential {potential.name!r} has no cutoff, so no vacuum can "
+                       "separate a slab from its images; make pbc all True or all False")
+    return cutoff + VACUUM_MARGIN
+
+
+def boundary_record(atoms: Any, potential: Any) -> dict[str, Any]:
+    """The input's boundary conditions for a result file's run configuration: ``pbc`` of
+    the input and, for a slab, the ``vacuum`` (Å on each side) it was padded with."""
+    return {"pbc": [bool(p) for p in atoms.pbc], "kind": boundary(atoms),
+            "vacuum": slab_vacuum(atoms, potential)}
+
+
+def make_system(atoms: Any, potential: Any, path: Path, params: dict[str, Any] | None = None,
+                note: bool = False) -> Any:
     """``ase.Atoms`` -> ``System``, checking species against the potential (those of a
-    potential file are known only now). Expects :func:`check_structure` to have run."""
+    potential file are known only now) and that the potential's cutoff is sane for the
+    structure (:func:`check_size`). A slab (mixed pbc) is padded with
+    :func:`slab_vacuum` and becomes periodic in every direction (with ``note``, a line on
+    stderr says so). Expects :func:`check_structure` to have run.
+
+    Args:
+      params: the ``--param`` values given, named in the message of a cutoff too long.
+    """
     from ..md.system import System
 
     symbols = sorted(set(atoms.get_chemical_symbols()))
@@ -496,26 +665,130 @@ def make_system(atoms: Any, potential: Any, path: Path) -> Any:
         if missing:
             raise BadInput(f"{path}: species {missing} have no parameters in potential "
                            f"{potential.name!r} (it has {list(potential.species)})")
+    vacuum = slab_vacuum(atoms, potential)
     try:
-        system = System.from_ase(atoms)
+        system = System.from_ase(atoms, vacuum=vacuum)
     except ValueError as exc:
         raise BadInput(f"{path}: {exc}") from None
-    if system.is_periodic is False and any(atoms.pbc):
-        raise BadInput(f"{path}: mixed periodic boundary conditions are not supported")
+    if vacuum is not None and note:
+        axes = "".join("xyz"[k] for k, p in enumerate(atoms.pbc) if not p)
+        click.echo(f"note: {path} is a slab (pbc {pbc_text(atoms.pbc)}): {vacuum:.3g} Å of "
+                   f"vacuum on each side along {axes} (cutoff {vacuum - VACUUM_MARGIN:.3g} Å "
+                   f"+ {VACUUM_MARGIN:g} Å), then periodic", err=True)
+    check_size(system, potential, path, params or {})
     return system
 
 
+MAX_NEIGHBORS = 10_000
+"""Most neighbours per atom within the cutoff that :func:`check_size` accepts: a physical
+potential reaches tens to a few hundred (LJ at 2.5σ in fcc: 78); ten thousand means a
+length parameter far beyond the structure's own scale."""
+
+
+def neighbor_estimate(system: Any, cutoff: float, threshold: int) -> tuple[float, float]:
+    r"""``(neighbours per atom, pair slots)`` of the model :func:`mdsens.md.build` would
+    make, estimated without building it.
+
+    Reach :math:`r = 1.1\,r_c` (cutoff plus the default skin). A periodic cell narrower than
+    :math:`2r` along lattice vector k is replicated :math:`n_k = \lceil 2r/w_k\rceil` times
+    (:math:`w_k` its perpendicular width): :math:`N_s = N\prod_k n_k` internal atoms. The
+    neighbours per atom are :math:`\min(N_s - 1, \rho\,\tfrac43\pi r^3)`, with
+    :math:`\rho = N/V` (a free structure: its bounding box, each side at least 1 Å);
+    the slots are :math:`N_s^2` when :math:`N_s` is at most ``threshold`` (all pairs, no
+    list), else :math:`1.25\,N_s` times the neighbours (the list's capacity).
+    """
+    import numpy as np
+
+    positions = np.asarray(system.positions, np.float64)
+    n, d = positions.shape
+    reach = 1.1 * cutoff
+    if system.is_periodic:
+        cell = np.asarray(system.cell, np.float64)
+        volume = abs(float(np.linalg.det(cell)))
+        widths = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)
+        replicas = float(np.prod([max(1.0, math.ceil(2.0 * reach / w - 1e-12))
+                                  for w in widths]))
+    else:
+        extent = np.maximum(np.ptp(positions, axis=0), 1.0)
+        volume, replicas = float(np.prod(extent)), 1.0
+    n_internal = n * replicas
+    ball = math.pi * reach**2 if d == 2 else 4.0 / 3.0 * math.pi * reach**3
+    neighbors = min(n_internal - 1.0, n / volume * ball)
+    if n_internal <= threshold:
+        return neighbors, n_internal**2
+    return neighbors, 1.25 * n_internal * neighbors
+
+
+def _memory_bytes() -> float:
+    """Physical memory of this machine (bytes; infinity when unknown)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+BYTES_PER_SLOT = 100
+"""Memory per neighbour slot of one energy-and-force evaluation (displacements, pair terms
+and their derivatives, float64), as :func:`check_size` counts it."""
+
+
+def check_size(system: Any, potential: Any, path: Path, params: dict[str, Any]) -> None:
+    """Refuse, before a neighbour list is sized, a cutoff that reaches more than
+    :data:`MAX_NEIGHBORS` neighbours per atom or whose pairs would need more than this
+    machine's memory (:func:`neighbor_estimate`); the message names the length
+    parameters that set the cutoff."""
+    cutoff = _cutoff(potential)
+    if cutoff is None:
+        return
+    neighbors, slots = neighbor_estimate(system, cutoff, potential.neighbor_list_threshold)
+    need = slots * BYTES_PER_SLOT
+    if neighbors <= MAX_NEIGHBORS and need <= _memory_bytes():
+        return
+    info = catalog.potential(potential.name)
+    given = [f"--param {k}={_value_text(v)}" for k, v in params.items()
+             if info is not None and (p := info.parameter(k)) is not None
+             and p.unit in ("Å", "σ")]
+    change = (" or ".join(given) if given else "--potential-file"
+              if info is not None and info.potential_file != "none" else "--param")
+    raise BadInput(f"{path}: the cutoff {cutoff:.3g} Å of potential {potential.name!r} reaches "
+                   f"~{neighbors:.3g} neighbours per atom in this {system.n_atoms}-atom "
+                   f"structure (its pairs would need ~{_bytes_text(need)}); a length "
+                   f"parameter is far too large: check {change}")
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"[{a},{b}]{x:g}" for (a, b), x in value.items())
+    return f"{value:g}"
+
+
+def _bytes_text(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000:
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} EB"
+
+
 def _check_overlap(atoms: Any, path: Path, min_distance: float = 0.1) -> None:
-    """Refuse atoms closer than ``min_distance`` Å (minimum image; skipped above 3000 atoms)."""
+    """Refuse atoms closer than ``min_distance`` Å (minimum image when periodic, plain
+    distances when free; skipped above 3000 atoms). ``atoms`` is periodic in every
+    direction or in none (a slab is padded first, in :func:`check_structure`)."""
     import numpy as np
     from ase.geometry import get_distances
 
     n = len(atoms)
     if n < 2 or n > 3000:
         return
-    pbc = atoms.pbc if all(atoms.pbc) else False
-    _, dist = get_distances(atoms.positions, cell=atoms.cell if pbc is not False else None,
-                            pbc=pbc)
+    try:
+        if all(atoms.pbc):
+            _, dist = get_distances(atoms.positions, cell=atoms.cell, pbc=True)
+        else:
+            _, dist = get_distances(atoms.positions)
+    except np.linalg.LinAlgError:
+        raise BadInput(f"{path}: the cell is singular; fix the Lattice in the file") from None
     dist[np.diag_indices(n)] = np.inf
     i, j = np.unravel_index(np.argmin(dist), dist.shape)
     if dist[i, j] < min_distance:
@@ -563,12 +836,14 @@ def _cutoff(potential: Any) -> float | None:
 
 
 def relax_options(fmax: float | None, max_steps: int | None, pressure: float | None = None,
-                  relax_cell: bool = False) -> dict[str, Any]:
-    """Only the options the user set (the library keeps its own defaults)."""
+                  relax_cell: bool = False, stress_tol: float | None = None) -> dict[str, Any]:
+    """Only the options the user set (the library keeps its own defaults), each checked:
+    ``--fmax`` and ``--stress-tol`` finite and positive, ``--max-steps`` at least 1,
+    ``--pressure`` finite; ``--pressure`` and ``--stress-tol`` only with ``--relax-cell``."""
     out: dict[str, Any] = {}
     if fmax is not None:
-        if not fmax > 0:
-            raise BadInput(f"--fmax must be positive, got {fmax}")
+        if not (math.isfinite(fmax) and fmax > 0):
+            raise BadInput(f"--fmax must be a positive number (eV/Å), got {fmax}")
         out["fmax"] = fmax
     if max_steps is not None:
         if max_steps < 1:
@@ -580,6 +855,111 @@ def relax_options(fmax: float | None, max_steps: int | None, pressure: float | N
         if not relax_cell:
             raise BadInput("--pressure needs --relax-cell (a fixed cell feels no pressure)")
         out["pressure"] = pressure
+    if stress_tol is not None:
+        if not (math.isfinite(stress_tol) and stress_tol > 0):
+            raise BadInput(f"--stress-tol must be a positive number (eV/Å^3), got {stress_tol}")
+        if not relax_cell:
+            raise BadInput("--stress-tol needs --relax-cell (at a fixed cell only the forces "
+                           "converge: --fmax)")
+        out["stress_tol"] = stress_tol
+    return out
+
+
+# ----------------------------------------------------------------------------- outcomes
+def relaxation_outcome(relaxation: Any, options: Any) -> str:
+    """One line on how a relaxation ended, in the command line's words: the options that
+    set its limits (``--max-steps``, ``--fmax``, ``--stress-tol`` when the cell relaxed,
+    ``--pressure``, ``--param``) instead of the library's argument names.
+
+    Args:
+      relaxation: a :class:`mdsens.md.Relaxation` (anything without a ``status``: its
+        ``message``, or its ``str``).
+      options: the :class:`mdsens.md.RelaxOptions` it ran with.
+    """
+    status = getattr(getattr(relaxation, "status", None), "name", None)
+    if status is None:
+        return str(getattr(relaxation, "message", relaxation))
+    steps = int(relaxation.steps)
+    fmax = float(relaxation.fmax)
+    residual = relaxation.stress_residual
+    cell = residual is not None
+    reached = f"fmax={fmax:.3g} eV/Å"
+    if cell:
+        reached += f", max|σ + pI|={float(residual):.3g} eV/Å^3"
+    if status == "CONVERGED":
+        return f"relaxation: converged after {steps} steps, {reached}"
+    if status == "MAX_STEPS":
+        target = f"--fmax {options.fmax:g}"
+        if cell:
+            tol = options.stress_tol
+            target += f" and --stress-tol {'(default)' if tol is None else f'{tol:g}'}"
+        loosen = "--fmax or --stress-tol" if cell else "--fmax"
+        return (f"relaxation stopped at --max-steps {steps} with {reached}, short of "
+                f"{target}: raise --max-steps, loosen {loosen}, or start closer to a "
+                "minimum")
+    if status == "NONFINITE":
+        return (f"relaxation: non-finite energy or forces after {steps} steps (atoms pushed "
+                "into each other, or parameters without physical sense): check the "
+                "structure and the --param values")
+    if status == "NEIGHBOR_LIST":
+        return (f"relaxation: the neighbour list kept overflowing after {steps} steps (the "
+                "density changes too fast): start closer to a minimum")
+    if status == "INVALID_CELL":
+        return (f"relaxation: the cell collapsed after {steps} steps: check the sign and "
+                "units of --pressure (eV/Å^3, or with a unit: 1GPa)")
+    if status == "CELL_DIVERGED":
+        return (f"relaxation: the cell diverged after {steps} steps (its volume changed "
+                "more than 8-fold, or the atoms stopped interacting): check the sign and "
+                "units of --pressure, or start from a denser structure")
+    return str(relaxation.message)
+
+
+SOLVERS = ("cg", "minres", "gmres", "bicgstab", "normal_cg", "lu", "cholesky", "lstsq")
+"""``--solver`` choices: the linear solvers of :data:`mdsens.implicit.linsolve.SOLVERS`
+(listed here so that ``--help`` needs no JAX; a test checks that the two agree)."""
+
+_SOLVE_ADVICE = {
+    "MAX_ITERATIONS": "the solver reached its iteration cap: try --preconditioner "
+                      "block_jacobi or --solver minres, or relax further (lower --fmax)",
+    "BREAKDOWN": "the Krylov solver broke down (a singular Hessian?): try --solver lstsq",
+    "NONFINITE": "non-finite values in the solve: check the --param values",
+    "NEGATIVE_CURVATURE": "negative curvature, so the relaxed state is not a minimum: try "
+                          "--solver minres or --solver gmres, or relax further (lower "
+                          "--fmax)",
+    "SINGULAR": "the dense factorisation failed (a singular Hessian): try --solver lstsq",
+    "INCONSISTENT": "no solution: a right-hand side has a component along a zero mode "
+                    "(a loose atom or group of atoms?); check the structure",
+}
+
+
+def _solve_advice(table: Any) -> str | None:
+    """The advice for the worst status of a table of solves (``diagnostics["solves"]``)."""
+    if not table or "status" not in table:
+        return None
+    import numpy as np
+
+    from ..implicit import Status
+
+    worst = int(np.max(np.asarray(table["status"])))
+    return _SOLVE_ADVICE.get(Status(worst).name) if worst else None
+
+
+def sensitivity_problems(result: Any, options: Any) -> list[str]:
+    """A sensitivity's problems in the command line's words: the relaxation's by
+    :func:`relaxation_outcome`, failed derivative and elastic-constant solves with the
+    option to change (``--solver``, ``--preconditioner``, ``--fmax``); the others (a
+    saddle, a singular Hessian) as the library states them."""
+    out = []
+    diagnostics = getattr(result, "diagnostics", {}) or {}
+    for problem in result.problems:
+        if problem.startswith("relaxation did not converge") and hasattr(
+                result.relaxation, "status"):
+            out.append(relaxation_outcome(result.relaxation, options))
+            continue
+        key = ("solves" if "derivative solves failed" in problem else "elastic_solves"
+               if "elastic-constant solve failed" in problem else None)
+        advice = None if key is None else _solve_advice(diagnostics.get(key))
+        out.append(problem if advice is None else f"{problem.split(':', 1)[0]}: {advice}")
     return out
 
 

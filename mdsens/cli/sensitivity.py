@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from . import _common as c
 from ._config import config_option, config_params, config_path
-from ._progress import CHUNK, relax_progress
+from ._progress import CHUNK, Progress
 from .relax import config_params_json
-
-DEFAULT_MAX_STEPS = 100000
-"""``mdsens.md.sensitivity``'s default relaxation step cap (the progress bar's total)."""
 
 
 @click.command("sensitivity")
@@ -26,13 +24,24 @@ DEFAULT_MAX_STEPS = 100000
                    "stress, ...).")
 @click.option("--mode", type=click.Choice(["auto", "forward", "reverse"]), default="auto",
               show_default=True, help="Forward (JVP) or reverse (VJP) differentiation.")
+@click.option("--solver", type=click.Choice(list(c.SOLVERS)), default="cg", show_default=True,
+              help="Linear solver of the derivative solves: cg for a minimum; minres or "
+                   "gmres where CG meets negative curvature; lu, cholesky, lstsq are dense "
+                   "(small systems).")
+@click.option("--preconditioner", type=click.Choice(["jacobi", "block_jacobi"]), default=None,
+              help="Preconditioner of the iterative solvers (default: none).")
 @c.output_options
 @c.partial_option
 def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_file, relax_cell,
-                    pressure, fmax, max_steps, method, wrt, observables, mode, output: Path,
-                    overwrite: bool, quiet: bool, partial: bool) -> None:
+                    pressure, fmax, stress_tol, max_steps, method, wrt, observables, mode,
+                    solver, preconditioner, output: Path, overwrite: bool, quiet: bool,
+                    verbose: bool, partial: bool) -> None:
     """Relax STRUCTURE and write d(observable)/d(parameter) to OUTPUT (HDF5, H5MD 1.1).
 
+    STRUCTURE may be periodic, free (a cluster: pbc F F F; derivatives in the frame of
+    its centre of mass, without rigid rotation) or a slab (pbc T T F: padded with vacuum
+    wider than the cutoff). Observables of the cell (volume, stress, ...), --wrt strain
+    and --relax-cell need a structure periodic in every direction.
     Exit code 1 when the relaxation or a derivative solve fails (OUTPUT still written with
     converged = false, unless --no-partial).
 
@@ -46,7 +55,8 @@ def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_fi
           --observable volume -o bulk.h5
       mdsens sensitivity --config run.toml --param sigma=3.5 -o other.h5
     """
-    options = c.relax_options(fmax, max_steps, pressure, relax_cell)
+    c.set_verbosity(verbose)
+    options = c.relax_options(fmax, max_steps, pressure, relax_cell, stress_tol)
     if method != c.DEFAULT_METHOD:
         options["method"] = method
     values = c.merge_params(c.parse_params(config_params(), f"{config_path()}: params"),
@@ -56,39 +66,69 @@ def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_fi
     info = c.check_potential(potential, values, potential_file)
     c.check_observables(observables)
     c.check_wrt(wrt, info, values, relax_cell)
-    atoms = c.load_structure(structure, fmt, index)
-    c.check_structure(atoms, structure, info, values, observables, wrt)
-    c.enable_x64()
-    pot = c.make_potential(potential, values, potential_file)
-    system = c.make_system(atoms, pot, structure)
-    _check_names(system, pot, wrt, observables, relax_cell)
-    model = c.check_energy(system, pot, structure)
+    with Progress(not quiet, verbose) as progress:
+        progress.stage("reading", str(structure))
+        atoms = c.load_structure(structure, fmt, index)
+        c.check_structure(atoms, structure, info, values, observables, wrt, relax_cell)
+        progress.stage("building the model", "starting JAX, compiling the energy")
+        c.enable_x64()
+        pot = c.make_potential(potential, values, potential_file)
+        system = c.make_system(atoms, pot, structure, values, note=not quiet)
+        _check_names(system, pot, wrt, observables, relax_cell)
+        model = c.check_energy(system, pot, structure)
 
-    from ..io.hdf5 import write_result
-    from ..md.options import DERIVATIVE_DEFAULTS
-    from ..md.sensitivity import sensitivity
+        from ..io.hdf5 import write_result
+        from ..md.minimize import relax
+        from ..md.options import DERIVATIVE_DEFAULTS
+        from ..md.sensitivity import sensitivity
 
-    steps = options.get("max_steps", DEFAULT_MAX_STEPS)
-    with relax_progress(not quiet, steps) as callback:
-        chunk = {} if callback is None else {"chunk": CHUNK}
-        relax_options = DERIVATIVE_DEFAULTS.replace(relax_cell=relax_cell, **options, **chunk)
-        result = sensitivity(system, model, list(wrt), list(observables), relax_cell=relax_cell,
-                             pressure=relax_options.pressure, mode=mode,
-                             relax_options=relax_options, callback=callback,
-                             on_failure="ignore")
-    config = {"command": "sensitivity", "structure": str(structure), "format": fmt,
-              "index": index,
-              "potential": potential, "params": config_params_json(values),
-              "potential_file": None if potential_file is None else str(potential_file),
-              "potential_file_sha256": c.file_digest(potential_file),
-              "relax_cell": relax_cell, "relax_options": options, "wrt": list(wrt),
-              "observables": list(observables), "mode": mode, "config_file": config_path()}
-    written = result.converged or partial
-    if written:
-        write_result(output, result, system, pot, config, c.command_line())
+        relax_options = DERIVATIVE_DEFAULTS.replace(relax_cell=relax_cell, **options)
+        callback = progress.relax(relax_options.fmax)
+        if callback is not None:
+            relax_options = relax_options.replace(chunk=CHUNK)
+        relaxation = relax(system, model, relax_options, callback=callback,
+                           on_failure="ignore")
+        progress.stage("derivatives", f"{', '.join(observables)} w.r.t. {', '.join(wrt)} "
+                                      f"({solver})")
+        result = _differentiate(sensitivity, system, model, wrt, observables, relax_cell,
+                                relax_options, mode, relaxation, solver, preconditioner)
+        config = {"command": "sensitivity", "structure": str(structure), "format": fmt,
+                  "index": index,
+                  "potential": potential, "params": config_params_json(values),
+                  "potential_file": None if potential_file is None else str(potential_file),
+                  "potential_file_sha256": c.file_digest(potential_file),
+                  "relax_cell": relax_cell, "relax_options": options, "wrt": list(wrt),
+                  "observables": list(observables), "mode": mode, "solver": solver,
+                  "preconditioner": preconditioner, "boundary": c.boundary_record(atoms, pot),
+                  "config_file": config_path()}
+        written = result.converged or partial
+        if written:
+            progress.stage("writing", str(output))
+            write_result(output, result, system, pot, config, c.command_line())
     if not quiet:
-        click.echo(result.diagnostics["relaxation"]["status"])
-    c.finish(result.converged, result.problems, output, quiet, written)
+        relaxed = getattr(result, "relaxation", None)
+        click.echo(c.relaxation_outcome(relaxed, relax_options)
+                   if hasattr(relaxed, "status") else
+                   result.diagnostics["relaxation"]["status"])
+    c.finish(result.converged, c.sensitivity_problems(result, relax_options), output, quiet,
+             written)
+
+
+def _differentiate(sensitivity, system, model, wrt, observables, relax_cell, relax_options,
+                   mode, relaxation, solver, preconditioner):
+    """The library's sensitivity at the CLI's relaxation (its failures are in the result;
+    a state without finite energies has nothing to differentiate: exit 1, no file)."""
+    from ..md.results import SensitivityError
+
+    try:
+        return sensitivity(system, model, list(wrt), list(observables), relax_cell=relax_cell,
+                           pressure=relax_options.pressure, mode=mode,
+                           relax_options=relax_options, relaxation=relaxation, solver=solver,
+                           preconditioner=preconditioner, on_failure="ignore")
+    except SensitivityError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        click.echo("not converged; nothing to write", err=True)
+        sys.exit(c.ExitCode.NOT_CONVERGED)
 
 
 def _check_names(system, pot, wrt, observables, relax_cell) -> None:
