@@ -31,6 +31,20 @@ Run pinned to one core (see benchmarks/README.md)::
     taskset -c 1 env OMP_NUM_THREADS=1 \\
       XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
       PYTHONPATH=. .venv/bin/python benchmarks/bilevel.py
+
+``--study svm``: the multiclass-SVM study of Blondel et al. (2022) with
+``mdsens.bilevel.svm``: dL_val/d log λ (squared validation loss, smoothed Crammer–Singer dual,
+λ = 1) for the mirror-descent, projected-gradient and block-coordinate-descent solvers, each
+differentiated implicitly through its own fixed point or by unrolling its K iterations
+(``SVM_ITERATIONS``), for synthetic data (``svm.make_svm_data``: 300 training / 200
+validation samples, 5 classes) with ``--features`` (default 100 … 2000) features. It prints a
+table (times, and the relative error of both gradients against the converged implicit one)
+and writes ``--out`` (default docs/figures/bilevel_svm.png)::
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bilevel.py --study svm --repeats 3
+
+``--clock cpu`` times the runs by the process's CPU time instead of the wall clock (for a
+machine shared with other jobs; run pinned to one core with one XLA thread as above).
 """
 
 from __future__ import annotations
@@ -140,36 +154,150 @@ def potential_fit_problem(K: int):
     return make, theta0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+def time_pair(make: Callable[[bool], Callable], args: tuple, repeats: int,
+              clock: Callable[[], float] = time.perf_counter):
+    """Compile ``jax.grad`` (first argument) of ``make(False)`` (implicit) and ``make(True)``
+    (unrolled), run each once to warm up, then time them interleaved ``repeats`` times with
+    ``clock`` (wall time by default; ``time.process_time``: CPU seconds of this process,
+    robust to other processes sharing the cores).
+
+    Returns ``(compile seconds (wall), median run seconds, gradients)``, each a dict keyed by
+    ``unroll``."""
+    fns, grads, comp = {}, {}, {}
+    for unroll in (False, True):
+        t0 = time.perf_counter()
+        f = jax.jit(jax.grad(make(unroll))).lower(*args).compile()
+        comp[unroll] = time.perf_counter() - t0
+        grads[unroll] = jax.block_until_ready(f(*args))
+        fns[unroll] = f
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):
+        for unroll in (False, True):
+            t0 = clock()
+            jax.block_until_ready(fns[unroll](*args))
+            times[unroll].append(clock() - t0)
+    return comp, {u: statistics.median(t) for u, t in times.items()}, grads
+
+
+def applications(repeats: int) -> None:
+    """The table of the five applications (module docstring)."""
     K = {"1a logistic λ": 500, "1b SVM λ": 500, "2 distillation S": 500,
          "3 dictionary D,w,b": 200, "4 potential fit σ, ε": 2000}
-    print(f"jax {jax.__version__}, float64, repeats {args.repeats}")
+    print(f"jax {jax.__version__}, float64, repeats {repeats}")
     print("| application | K | compile s implicit / unrolled | run s implicit (median) "
           "| run s unrolled (median) | unrolled/implicit | rel. diff of gradients |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (make, arg) in problems(K).items():
-        fns, grads, comp = {}, {}, {}
-        for unroll in (False, True):
-            t0 = time.perf_counter()
-            f = jax.jit(jax.grad(make(unroll))).lower(arg).compile()
-            comp[unroll] = time.perf_counter() - t0
-            grads[unroll] = jax.block_until_ready(f(arg))
-            fns[unroll] = f
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(args.repeats):
-            for unroll in (False, True):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fns[unroll](arg))
-                times[unroll].append(time.perf_counter() - t0)
+        comp, med, grads = time_pair(make, (arg,), repeats)
         gi, gu = (jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(grads[u])])
                   for u in (False, True))
         diff = float(jnp.linalg.norm(gi - gu) / jnp.linalg.norm(gu))
-        ti, tu = statistics.median(times[False]), statistics.median(times[True])
+        ti, tu = med[False], med[True]
         print(f"| {name} | {K[name]} | {comp[False]:.2f} / {comp[True]:.2f} | {ti:.4f} | "
               f"{tu:.4f} | {tu / ti:.2f} | {diff:.1e} |", flush=True)
+
+
+# ----------------------------------------------------------------------------- SVM study
+SVM_ITERATIONS = {"mirror_descent": 1000, "projected_gradient": 200,
+                  "block_coordinate_descent": 50}
+
+
+def svm_study(features: list[int], *, n_train: int, n_val: int, n_classes: int, lam: float,
+              repeats: int, out: Path | None, clock: str = "wall") -> list[dict]:
+    """Hypergradient dL_val/d log λ of the multiclass SVM (mdsens.bilevel.svm) for each fixed
+    point and feature count: implicit vs unrolled, K = SVM_ITERATIONS[method] inner
+    iterations (sweeps for block coordinate descent) from uniform rows, tolerance 0. The
+    reference is the implicit projected-gradient hypergradient at an inner tolerance 1e-12
+    (tests/test_bilevel_svm.py checks it against central differences)."""
+    from mdsens.bilevel import svm
+
+    rows = []
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    print(f"jax {jax.__version__}, float64, repeats {repeats}; n_train {n_train}, n_val "
+          f"{n_val}, {n_classes} classes, λ = {lam}, smoothing γ = 1; run times: {clock} "
+          "seconds")
+    print("| fixed point | K | features p | compile s implicit / unrolled | run s implicit "
+          "(median) | run s unrolled (median) | unrolled/implicit | rel. err implicit "
+          "| rel. err unrolled |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    t = jnp.log(lam)
+    for p in features:
+        data = svm.make_svm_data(n_train, n_val, p, n_classes, seed=0)
+        ref = float(jax.jit(jax.grad(lambda t, d: svm.svm_validation_loss(
+            t, d, method="projected_gradient", tol=1e-12, maxiter=100_000)[0]))(t, data))
+        for method in svm.METHODS:
+            K = SVM_ITERATIONS[method]
+
+            def make(unroll: bool, method=method, K=K):
+                return lambda t, d: svm.svm_validation_loss(
+                    t, d, method=method, tol=0.0, maxiter=K, unroll=unroll)[0]
+
+            comp, med, grads = time_pair(make, (t, data), repeats, timer)
+            err = {u: abs(float(grads[u]) - ref) / abs(ref) for u in (False, True)}
+            rows.append(dict(method=method, K=K, p=p, implicit=med[False], unrolled=med[True],
+                             err_implicit=err[False], err_unrolled=err[True]))
+            print(f"| {method.replace('_', ' ')} | {K} | {p} | {comp[False]:.2f} / "
+                  f"{comp[True]:.2f} | {med[False]:.4f} | {med[True]:.4f} | "
+                  f"{med[True] / med[False]:.2f} | {err[False]:.1e} | {err[True]:.1e} |",
+                  flush=True)
+    if out is not None:
+        plot_svm_study(rows, out, n_train=n_train, n_classes=n_classes, lam=lam, clock=clock)
+    return rows
+
+
+def plot_svm_study(rows: list[dict], out: Path, *, n_train: int, n_classes: int,
+                   lam: float, clock: str = "wall") -> None:
+    """One panel per fixed point: run time of the hypergradient vs the number of features."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mdsens.bilevel.svm import METHODS
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=True)
+    for ax, method in zip(axes, METHODS):
+        sel = [r for r in rows if r["method"] == method]
+        p = [r["p"] for r in sel]
+        ax.plot(p, [r["implicit"] for r in sel], "o-", label="implicit (custom_root)")
+        ax.plot(p, [r["unrolled"] for r in sel], "s--", label="unrolled (jax.grad)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("number of features p")
+        ax.set_title(f"{method.replace('_', ' ')} (K = {sel[0]['K']})", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(f"hypergradient run time ({'CPU ' if clock == 'cpu' else ''}s)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"multiclass SVM, dL_val/d log λ: n = {n_train} samples, {n_classes} "
+                 f"classes, λ = {lam}, float64, CPU", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--study", choices=("applications", "svm"), default="applications",
+                        help="the five applications (default) or the multiclass SVM study")
+    parser.add_argument("--features", default="100,250,500,1000,2000",
+                        help="svm: comma-separated feature counts")
+    parser.add_argument("--n-train", type=int, default=300, help="svm: training samples")
+    parser.add_argument("--n-val", type=int, default=200, help="svm: validation samples")
+    parser.add_argument("--classes", type=int, default=5, help="svm: number of classes")
+    parser.add_argument("--lam", type=float, default=1.0, help="svm: regularisation λ")
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/bilevel_svm.png"),
+                        help="svm: figure path")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="svm: time runs by wall clock or by this process's CPU time")
+    args = parser.parse_args()
+    if args.study == "applications":
+        applications(args.repeats)
+    else:
+        svm_study([int(p) for p in args.features.split(",")], n_train=args.n_train,
+                  n_val=args.n_val, n_classes=args.classes, lam=args.lam,
+                  repeats=args.repeats, out=args.out, clock=args.clock)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def test_methods_reach_the_dual_optimum(data):
 
 
 def test_block_coordinate_descent_through_other_fixed_points(data):
-    """The paper's third panel: BCD's solution differentiated through the mirror-descent and
-    projected-gradient fixed points gives the same hypergradient."""
+    """BCD's solution differentiated through the mirror-descent and projected-gradient fixed
+    points gives the same hypergradient as through its own."""
     grads = jax.jit(lambda t: [jax.grad(_loss(data, "block_coordinate_descent", c))(t)
                                for c in svm.METHODS])(LOG_LAM)
     np.testing.assert_allclose(grads, grads[2], rtol=1e-8)

@@ -29,8 +29,9 @@ The three methods (``method=``), with ``η`` steps ``1/L``, ``L = ‖X‖₂²/n
 All three fixed points have the same root ``B*`` (the entropic one on ``B > 0``; its entries
 that vanish at ``B*`` are handled by a floored logarithm, with no effect on the derivative
 there, see :func:`optimality_condition`). ``condition=`` differentiates a method's output
-through another method's fixed point (the paper's BCD panel uses the mirror-descent and
-projected-gradient conditions). Derivative solves are GMRES on the nonsymmetric ``∂_B F``.
+through another method's fixed point (e.g. block coordinate descent's output through the
+mirror-descent or projected-gradient condition). Derivative solves are GMRES on the
+nonsymmetric ``∂_B F``.
 
 Data: :func:`make_classification`, a synthetic, seeded, numpy-only generator in the style of
 ``sklearn.datasets.make_classification`` (nothing is downloaded).
@@ -280,12 +281,16 @@ def fit_svm_dual(
 def svm_validation_loss(
     log_lam: Array, data: SVMData, *, method: str, condition: str | None = None,
     gamma: float = 1.0, init: Array | None = None, **solver_options,
-) -> tuple[Array, Array]:
+) -> tuple[Array, tuple[Array, InnerStats]]:
     """Outer objective ``L_val(λ) = (1/2n_val) ‖X_val W*(λ) − Y_val‖²_F``, ``λ = exp(log_lam)``,
-    ``W* = Xᵀ(Y − B*)/(λn)``. Returns ``(L_val, B*)``; ``jax.grad`` (first output) is the
-    hypergradient ``dL_val/d log λ`` (``solver_options`` go to :func:`fit_svm_dual`)."""
+    ``W* = Xᵀ(Y − B*)/(λn)``. Returns ``(L_val, (B*, InnerStats))``: ``jax.grad`` of the first
+    output (or ``jax.value_and_grad(..., has_aux=True)``) is the hypergradient
+    ``dL_val/d log λ`` (``solver_options`` go to :func:`fit_svm_dual`). The hypergradient is
+    that of the exact ``B*``: check ``InnerStats.residual`` against ``tol`` (entropic mirror
+    descent approaches the zeros of a sparse ``B*`` only geometrically and may stop at
+    ``maxiter`` short of the tolerance)."""
     lam = jnp.exp(log_lam)
-    B, _ = fit_svm_dual(data.X, data.Y, lam, method=method, condition=condition,
-                        sigma2=data.sigma2, gamma=gamma, init=init, **solver_options)
+    B, stats = fit_svm_dual(data.X, data.Y, lam, method=method, condition=condition,
+                            sigma2=data.sigma2, gamma=gamma, init=init, **solver_options)
     W = svm_weights(B, lam, data.X, data.Y)
-    return 0.5 * jnp.sum((data.X_val @ W - data.Y_val) ** 2) / data.X_val.shape[0], B
+    return 0.5 * jnp.sum((data.X_val @ W - data.Y_val) ** 2) / data.X_val.shape[0], (B, stats)
