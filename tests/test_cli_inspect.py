@@ -300,3 +300,31 @@ def test_potentials_json_has_no_none_strings():
     assert {p["name"]: p["default"] for p in sw["parameters"]}["epsilon"] == 2.1683
     eam = next(r for r in table if r["name"] == "eam")
     assert all(p["default"] is None and not p["settable"] for p in eam["parameters"])
+
+
+# ----------------------------------------------------------------------------- doc samples
+def _samples_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cli_samples", ROOT / "docs" / "cli_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_doc_samples_are_all_used():
+    """Every sample of docs/cli_samples.py is shown in README.md or docs/cli.md, and every
+    block there names a known sample."""
+    samples = _samples_module()
+    used = [n for names in samples.blocks().values() for n in names]
+    assert set(used) == {s.name for s in samples.SAMPLES}
+
+
+def test_doc_samples_without_jax_are_current():
+    """The samples that need no relaxation match what the commands print now (the script
+    with --check; the full check runs the relaxations: python docs/cli_samples.py --check)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "cli_samples.py"), "--check",
+                           "--only", "commands,potentials,potentials-short"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

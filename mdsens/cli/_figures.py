@@ -7,8 +7,9 @@ objects built without pyplot (no global state), one quantity per panel, units on
     ``D_na = dR/dp − (R G + b)`` (R: relaxed positions (N, d), Å; G (d, d): the homogeneous
     deformation per unit p, row-vector convention ``R → R (I + G δp)``; b: a translation).
     G is the applied strain's (``--wrt strain``), the cell's (``G = h⁻¹ dh/dp``, h the cell
-    rows, when the file holds ``d cell / d p``), zero for a periodic system in a fixed cell,
-    and otherwise the least-squares fit of ``dR/dp ≈ R G + b`` (:func:`split_affine`).
+    rows, when the file holds ``d cell / d p``), zero for a periodic system or slab in a
+    fixed cell, and otherwise the least-squares fit of ``dR/dp ≈ R G + b``
+    (:func:`split_affine`).
     Drawn in a projection (``xy``, ``xz``, ``yz``; ``auto``: the plane of the two
     largest components of ``D_na``), coloured by the out-of-plane component, with a scale
     key; atoms that would overlap in projection are thinned to one atomic layer;
@@ -222,7 +223,8 @@ def _affine_for(stored: Any, param: str, k: int, R: np.ndarray, D: np.ndarray,
     if periodic and dcell is not None:
         dC = np.asarray(dcell, float).reshape(dim, dim, -1)[..., k]
         return split_affine(R, D, np.linalg.solve(np.asarray(stored.cell, float), dC), "cell")
-    if periodic and stored.config.get("relax_cell") is False:
+    if any(stored.pbc) and stored.config.get("relax_cell") is False:
+        # a fixed cell (also of a slab: its free direction's response stays in view)
         return split_affine(R, D, np.zeros((dim, dim)), "fixed cell")
     return split_affine(R, D, None, "fit")
 
@@ -266,7 +268,7 @@ def _arrow_panel(stored: Any, per_atom: str, units: dict, options: ArrowOptions,
 
     def draw(fig: Any, ax: Any) -> None:
         P = R[mask][:, [i, j]]
-        if all(stored.pbc):
+        if any(stored.pbc) and dim == 3:
             _cell_outline(ax, np.asarray(stored.cell, float), i, j)
         out = None if negligible or normal is None else V[mask][:, normal]
         if out is not None and np.abs(out).max() <= NEGLIGIBLE * np.abs(V).max():
@@ -496,6 +498,8 @@ def _scalar_panels(stored: Any, info: dict[str, Any], units: dict) -> list[Any]:
 
 def _relative_panel(rows: list[tuple[str, float, bool]]) -> Any:
     """Bars of ``(label, relative sensitivity, zero)``; a zero row has no bar."""
+    from matplotlib.ticker import MaxNLocator
+
     def draw(fig: Any, ax: Any) -> None:
         y = np.arange(len(rows))[::-1]
         values = np.array([r[1] for r in rows])
@@ -508,6 +512,8 @@ def _relative_panel(rows: list[tuple[str, float, bool]]) -> Any:
         for yy, v, r in zip(y, values, rows):
             ax.text(v, yy, " ≈0" if r[2] else f" {v:.4g} ", va="center",
                     ha="left" if v >= 0 else "right", fontsize="small")
+        ax.set_ylim(len(rows) - max(len(rows), 4) - 0.2, len(rows) - 0.4)  # thin bars
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel("(p / O) dO/dp  (dimensionless)")
         ax.set_title("relative sensitivity d ln O / d ln p", fontsize="medium")
         ax.xaxis.get_major_formatter().set_useOffset(False)
@@ -517,6 +523,8 @@ def _relative_panel(rows: list[tuple[str, float, bool]]) -> Any:
 
 def _single_panel(obs: str, p: str, e: dict[str, Any]) -> Any:
     """One scalar derivative (its relative value undefined): a bar with its value."""
+    from matplotlib.ticker import MaxNLocator
+
     def draw(fig: Any, ax: Any) -> None:
         v = e["value"]
         ax.barh([0], [v], color="tab:blue", height=0.5)
@@ -527,6 +535,8 @@ def _single_panel(obs: str, p: str, e: dict[str, Any]) -> Any:
         extra = (f"\n= {e['value_GPa']:.4g} {e['unit_GPa']}" if "value_GPa" in e else "")
         ax.text(v, 0, f" {v:.4g} {e['unit_text']}{extra} ", va="center",
                 ha="left" if v >= 0 else "right", fontsize="small")
+        ax.set_ylim(-1.5, 1.5)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel(f"d {obs} / d {p} ({e['unit_text']})")
         ax.set_title(f"d {obs} / d {p}", fontsize="medium")
         ax.ticklabel_format(axis="x", useOffset=False)
@@ -594,7 +604,7 @@ def _vector_panel(d: np.ndarray, title: str, unit: str, u: dict[str, str],
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, list(labels) if labels and len(labels) == len(x) else
                       [str(k) for k in x])
-        for xx, v, t in zip(x, values, q.fixed(values, 3)):
+        for xx, v, t in zip(x, values, q.fixed(values, 4)):
             ax.text(xx, v, t, ha="center", va="bottom" if v >= 0 else "top",
                     fontsize="x-small")
         ax.set_ylabel(f"{title} ({shown})")
@@ -611,7 +621,7 @@ def _matrix_panel(m: np.ndarray, title: str, unit: str, labels: tuple[Any, Any],
         values, shown = _in_gpa(m, unit, u)
         lim = float(np.abs(values).max()) or 1.0
         im = ax.imshow(values, cmap="coolwarm", vmin=-lim, vmax=lim)
-        texts = q.fixed(values, 3)
+        texts = q.fixed(values, 4)
         rows, cols = values.shape
         for a in range(rows):
             for b in range(cols):

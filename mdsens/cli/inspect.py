@@ -626,7 +626,9 @@ def _study_lines(info: dict[str, Any]) -> list[str]:
              f"converged, {info['failed']} failed"]
     for s in info["structures"]:
         lines.append(f"structure: {s.get('label')} ({s.get('n_atoms')} atoms)")
-    fixed_params = [f"{k}={fmt(v, 8)}" for k, v in (pot.get("params") or {}).items()
+    fixed_params = [f"{k}={fmt(v, 8)}" + (f" {u}" if (u := _param_unit(pot.get("name", ""), k))
+                                          not in ("", "1") else "")
+                    for k, v in (pot.get("params") or {}).items()
                     if k not in info["sweep"] and isinstance(v, (int, float))]
     lines.append(f"potential: {pot.get('name')}" +
                  (f" {', '.join(fixed_params)}" if fixed_params else ""))
@@ -699,37 +701,40 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 # ----------------------------------------------------------------------------- command
 @click.command("inspect")
-@click.argument("result", type=click.Path(path_type=Path))
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def inspect_cmd(result: Path, as_json: bool) -> None:
-    """Summarise RESULT, any file mdsens writes (relax, sensitivity, scan): structure,
-    potential, convergence, observables (elastic constants and stresses also in GPa),
-    derivatives with their units and relative sensitivities, values that are zero to the
-    precision computed marked ≈0, diagnostics; for a study, the sweep and a table of its points.
+def inspect_cmd(path: Path, as_json: bool) -> None:
+    """Summarise any file mdsens writes.
+
+    A relax or sensitivity result: structure, potential, convergence, observables
+    (elastic constants and stresses also in GPa), derivatives with their units and
+    relative sensitivities (p/O) dO/dp, values zero to the precision computed marked ≈0,
+    diagnostics. A study (mdsens scan): the sweep, points done and failed, and tables of
+    the values and derivatives at each point. Reads the file without importing JAX.
 
     \b
     Examples:
       mdsens inspect out.h5
       mdsens inspect study.h5 --json
     """
-    kind = _kind(result)
+    kind = _kind(path)
     if kind == "study":
         from ..studies import read
 
         try:
-            info = study_summary(read(result), result)
+            info = study_summary(read(path), path)
         except (ValueError, KeyError, OSError) as exc:
-            raise c.BadInput(f"{result}: cannot read the study file ({exc})") from None
+            raise c.BadInput(f"{path}: cannot read the study file ({exc})") from None
         lines = _study_lines(info)
     else:
         from ..io.errors import InputError
         from ..io.hdf5 import read_result
 
         try:
-            stored = read_result(result)
+            stored = read_result(path)
         except InputError as exc:
             raise c.BadInput(str(exc)) from None
-        info = summary(stored, result)
+        info = summary(stored, path)
         lines = _result_lines(info)
     if as_json:
         click.echo(json.dumps(_finite(info), indent=1, default=_json_default,

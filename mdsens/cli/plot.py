@@ -10,7 +10,7 @@ from . import _common as c
 
 
 @click.command("plot")
-@click.argument("result", type=click.Path(path_type=Path))
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--wrt", "param", default=None, metavar="NAME",
               help="Parameter of the arrows (default: the first); for a study, the swept "
                    "parameter on the x axis.")
@@ -32,16 +32,17 @@ from . import _common as c
               help="Arrow length in Å per unit of the derivative (default: automatic; the "
                    "key in the corner gives the scale).")
 @c.output_options
-def plot_cmd(result: Path, param: str | None, component: str | None, projection: str,
+def plot_cmd(path: Path, param: str | None, component: str | None, projection: str,
              layer: str, arrows: str, scale: float | None, output: Path, overwrite: bool,
              quiet: bool, verbose: bool = False) -> None:
-    """Plot RESULT to OUTPUT (.png, .pdf or .svg, from the name).
+    """Plot a result or study FILE to OUTPUT (.png, .pdf or .svg).
 
-    A sensitivity result: arrows of the non-affine response d positions / d NAME (the
-    homogeneous deformation of the cell, applied strain or least-squares fit removed)
-    in a projection, coloured by the out-of-plane component, with a scale key; the
-    relative sensitivities (p/O) dO/dp of the scalar derivatives with their values and
-    units; matrices (elastic constants and their derivatives, in GPa) as heatmaps.
+    The format follows OUTPUT's name. A sensitivity result: arrows of the non-affine
+    response d positions / d NAME (the homogeneous deformation of the cell, of the
+    applied strain or a least-squares fit removed) in a projection, atoms coloured by
+    the out-of-plane component, with a scale key; the relative sensitivities (p/O) dO/dp
+    of the scalar derivatives with their values and units; matrices (elastic constants
+    and their derivatives, in GPa) as heatmaps.
 
     A study file (mdsens scan): each scalar observable against the swept parameter
     (--wrt), the derivative at each point as a short tangent.
@@ -65,7 +66,7 @@ def plot_cmd(result: Path, param: str | None, component: str | None, projection:
         raise c.BadInput(f"--layer {layer!r}: 'auto', 'all' or a layer index")
     from .inspect import _kind
 
-    kind = _kind(result)
+    kind = _kind(path)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -75,19 +76,19 @@ def plot_cmd(result: Path, param: str | None, component: str | None, projection:
 
     try:
         if kind == "study":
-            fig = _study(result, param)
+            fig = _study(path, param)
         else:
             from ..io.errors import InputError
             from ..io.hdf5 import read_result
 
             try:
-                stored = read_result(result)
+                stored = read_result(path)
             except InputError as exc:
                 raise c.BadInput(str(exc)) from None
             options = figures.ArrowOptions(param=param, component=component,
                                            projection=projection, layer=layer,
                                            arrows=arrows, scale=scale)
-            fig = figures.result_figure(stored, derivative_units(result), options)
+            fig = figures.result_figure(stored, derivative_units(path), options)
     except FigureError as exc:
         raise c.BadInput(str(exc)) from None
     figures.save(fig, output)
