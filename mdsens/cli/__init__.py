@@ -11,6 +11,7 @@ import os
 import click
 
 from .. import __version__
+from ._common import BadInput
 from ._common import ExitCode as ExitCode
 from .inspect import inspect_cmd
 from .plot import plot_cmd
@@ -28,8 +29,10 @@ INTERRUPTED = 130
 class _Group(click.Group):
     """The ``mdsens`` group: Ctrl-C (SIGINT, KeyboardInterrupt) during a command ends it
     with one line, ``interrupted``, and exit status 130 (click's default is ``Aborted!``
-    and 1, which the commands use for "not converged"). Outputs are written atomically
-    (a temporary file renamed at the end), so an interrupted command leaves none."""
+    and 1, which the commands use for "not converged"); outputs are written atomically
+    (a temporary file renamed at the end), so an interrupted command leaves none. A usage
+    error of a command (a bad choice, a missing option) is one line too, ``Error: ...
+    (see 'mdsens CMD --help')``, exit status 2, like every other bad input."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -37,6 +40,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(INTERRUPTED)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            raise BadInput(f"{exc.format_message()} (see '{path} --help')") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -226,16 +226,34 @@ def _check_suffix(path: Path, kind: str) -> None:
     if kind == "png" and suffix != ".png":
         raise BadInput(f"{path}: the figure is a PNG; name it with -o *.png")
     if kind == "structure" and suffix not in HDF5_SUFFIXES:
-        from ase.io.formats import filetype, ioformats
+        from ..io.errors import InputError
+        from ..io.structures import output_format
 
         try:
-            fmt = filetype(str(path), read=False)
-            writable = ioformats[fmt].can_write
-        except Exception:  # ase raises several kinds for an unknown name
-            writable = False
-        if not writable:
+            output_format(path)
+        except InputError:
             raise BadInput(f"{path}: no structure format ASE writes has this name; use -o "
-                           f"*.h5 (H5MD), *.xyz (extended XYZ), *.cif, POSCAR, ...")
+                           f"*.h5 (H5MD), *.xyz (extended XYZ), *.cif, POSCAR, ...") from None
+
+
+def check_structure_output(atoms: Any, path: Path) -> None:
+    """Refuse, before any work, a structure OUTPUT whose format cannot hold this structure
+    (POSCAR or CIF of a cluster without a cell, ...): one atom of each species, with the
+    structure's cell and boundary conditions (a slab padded as it will be), is written to
+    a temporary file of that format. HDF5 outputs hold every structure."""
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return
+    from ..io.errors import InputError
+    from ..io.structures import check_write
+
+    symbols = atoms.get_chemical_symbols()
+    probe = atoms[sorted({s: k for k, s in reversed(list(enumerate(symbols)))}.values())]
+    if boundary(atoms) == "mixed":
+        probe.center(vacuum=1.0, axis=[k for k, p in enumerate(atoms.pbc) if not p])
+    try:
+        check_write(probe, path)
+    except InputError as exc:
+        raise BadInput(f"{exc}; choose another -o format (*.xyz holds any structure)") from None
 
 
 def _check_writable(directory: Path) -> None:

@@ -49,6 +49,7 @@ def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, re
         progress.stage("reading", str(structure))
         atoms = c.load_structure(structure, fmt, index)
         c.check_structure(atoms, structure, info, values, relax_cell=relax_cell)
+        c.check_structure_output(atoms, output)
         progress.stage("building the model", "starting JAX, compiling the energy")
         c.enable_x64()
         pot = c.make_potential(potential, values, potential_file)

@@ -21,7 +21,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Frames", "known_formats", "parse_index", "read", "read_frames", "write"]
+__all__ = ["Frames", "check_write", "known_formats", "output_format", "parse_index", "read",
+           "read_frames", "write"]
 
 # Suffixes ASE does not recognise by name, and the format (with read options) they mean.
 _SUFFIX_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -194,25 +195,70 @@ def read(path: str | os.PathLike, format: str | None = None,
     return frames.images[0]
 
 
+def output_format(path: str | os.PathLike) -> str:
+    """The ASE format a structure written to ``path`` gets, from its name (ASE's rules,
+    plus ``.lmp``/``.lammps`` for LAMMPS data files, as :func:`read` takes them).
+
+    Raises:
+      InputError: no format ASE can write has this name.
+    """
+    p = Path(path)
+    if p.suffix.lower() in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[p.suffix.lower()][0]
+    from ase.io.formats import filetype, ioformats
+
+    try:
+        fmt = filetype(str(p), read=False)
+        writable = ioformats[fmt].can_write
+    except Exception:  # ase raises several kinds for an unknown name
+        writable = False
+    if not writable:
+        raise InputError(f"{p}: no structure format ASE writes has this name")
+    return fmt
+
+
 def write(atoms: Any, path: str | os.PathLike, format: str | None = None) -> None:
-    """Write ``atoms`` with ASE (format from ``format`` or the file name), atomically."""
+    """Write ``atoms`` with ASE (format from ``format`` or the file name,
+    :func:`output_format`), atomically: nothing is left at ``path`` when it fails.
+
+    Raises:
+      InputError: an unknown format, or one that cannot hold this structure (e.g. POSCAR
+        or CIF of a cluster without a cell), with ASE's reason in one line.
+    """
     import ase.io
 
     _check_format(format)
     p = Path(path)
+    fmt = format or output_format(p)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:
-        ase.io.write(str(tmp), atoms, format=format or _format_from_name(p))
+        try:
+            ase.io.write(str(tmp), atoms, format=fmt)
+        except Exception as exc:  # ASE raises many types for what a format cannot hold
+            raise InputError(f"{p}: cannot write this structure as {fmt}: "
+                             f"{_one_line(exc).rstrip('.')}") from None
         os.replace(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _format_from_name(p: Path) -> str:
-    from ase.io.formats import filetype
+def check_write(atoms: Any, path: str | os.PathLike, format: str | None = None) -> None:
+    """Refuse, before any work, a structure the format of ``path`` cannot hold: ``atoms``
+    (the input, with the cell and boundary conditions the output will have) is written
+    to a temporary file of that format and removed.
 
-    try:
-        return filetype(str(p), read=False)
-    except Exception as exc:
-        raise InputError(f"{p}: cannot tell the output format from the name") from exc
+    Raises:
+      InputError: as :func:`write`.
+    """
+    import tempfile
+    import warnings
+
+    p = Path(path)
+    with tempfile.TemporaryDirectory(prefix="mdsens-probe-") as directory, \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy's on a singular cell: the error says it
+        try:
+            write(atoms, Path(directory) / p.name, format)
+        except InputError as exc:
+            raise InputError(str(exc).replace(str(Path(directory) / p.name), str(p))) from None
