@@ -77,7 +77,7 @@ CLUSTER_CLASSES = {
     "htcondor": "dask_jobqueue.HTCondorCluster",
     "moab": "dask_jobqueue.MoabCluster",
     "oar": "dask_jobqueue.OARCluster",
-    "jobqueue-local": "dask_jobqueue.LocalCluster",
+    "jobqueue-local": "dask_jobqueue.local.LocalCluster",
 }
 """Short names of :attr:`ClusterSpec.cls` (any ``package.module.Class`` deriving from
 ``distributed.deploy.Cluster`` is accepted too)."""
@@ -190,17 +190,23 @@ class ClusterSpec:
                              f"of {sorted(CLUSTER_CLASSES)} or package.module.Class")
         return found
 
-    def start(self) -> Any:
-        """Start the cluster with the defaults above and scale or adapt it."""
+    def start(self) -> tuple[Any, str | None]:
+        """Start the cluster with the defaults above and scale or adapt it. Returns the
+        cluster and the address its dashboard was asked to listen on (None: not set)."""
         import dask.config
         import distributed
 
         klass = self.resolve()
         options = dict(self.options)
+        dashboard = None
         if issubclass(klass, distributed.LocalCluster):
             options.setdefault("threads_per_worker", 1)
             options.setdefault("processes", True)
-            options.setdefault("dashboard_address", DASHBOARD)
+            dashboard = options.setdefault("dashboard_address", DASHBOARD)
+            if options["processes"]:
+                preload = options.get("preload") or []
+                preload = [preload] if isinstance(preload, str) else list(preload)
+                options["preload"] = [*preload, __name__]
         job_cls = getattr(klass, "job_cls", None)
         if job_cls is not None and hasattr(job_cls, "config_name"):  # dask-jobqueue
             scheduler_options = options.get("scheduler_options")
@@ -208,7 +214,7 @@ class ClusterSpec:
                 scheduler_options = dask.config.get(
                     f"jobqueue.{job_cls.config_name}.scheduler-options", {}) or {}
             scheduler_options = dict(scheduler_options)
-            scheduler_options.setdefault("dashboard_address", DASHBOARD)
+            dashboard = scheduler_options.setdefault("dashboard_address", DASHBOARD)
             options["scheduler_options"] = scheduler_options
         cluster = klass(**options)
         try:
@@ -221,7 +227,7 @@ class ClusterSpec:
         except Exception:
             cluster.close()
             raise
-        return cluster
+        return cluster, None if dashboard is None else str(dashboard)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,12 +291,14 @@ def connect(backend: Backend, notify: Callable[[str], None] | None = None) -> It
     """
     import distributed
 
-    cluster = None
+    cluster, dashboard = None, None
     if backend.workers is not None:
         cluster = distributed.LocalCluster(n_workers=backend.workers, threads_per_worker=1,
-                                           processes=True, dashboard_address=DASHBOARD)
+                                           processes=True, dashboard_address=DASHBOARD,
+                                           preload=[__name__])
+        dashboard = DASHBOARD
     elif backend.cluster is not None:
-        cluster = backend.cluster.start()
+        cluster, dashboard = backend.cluster.start()
     try:
         if cluster is not None:
             client = distributed.Client(cluster)
@@ -303,7 +311,7 @@ def connect(backend: Backend, notify: Callable[[str], None] | None = None) -> It
         raise
     clean = False
     try:
-        _announce(client, cluster, notify)
+        _announce(client, cluster, dashboard, notify)
         warming = _warm_up_workers(client)  # noqa: F841 (held until the end)
         yield client
         clean = True
@@ -334,12 +342,19 @@ def _remote_client(backend: Backend) -> Any:
                               f"{reason}") from None
 
 
-def _announce(client: Any, cluster: Any, notify: Callable[[str], None] | None) -> None:
-    """Tell ``notify`` where the dashboard is (a cluster started here without bokeh has a
-    page that asks for it)."""
+def _announce(client: Any, cluster: Any, dashboard: str | None,
+              notify: Callable[[str], None] | None) -> None:
+    """Tell ``notify`` where the dashboard is. For a cluster started here, the host is the
+    one its dashboard listens on (``dashboard``, e.g. 127.0.0.1), which Dask's own link
+    replaces by the scheduler's host; without bokeh its page asks for bokeh."""
     if notify is None:
         return
     link = client.dashboard_link
+    host = None if dashboard is None else dashboard.rpartition(":")[0].strip("[]")
+    if cluster is not None and host and host not in ("0.0.0.0", "::"):
+        with contextlib.suppress(Exception):
+            port = client.scheduler_info()["services"]["dashboard"]
+            link = f"http://{host}:{port}/status"
     if cluster is not None and importlib.util.find_spec("bokeh") is None:
         notify(f"Dask dashboard: {link} (its plots need bokeh: pip install 'mdsens[dask]')")
     else:
@@ -778,3 +793,13 @@ def _warm_up() -> None:
 
     jax.config.update("jax_enable_x64", True)
     from ..md import minimize, model, sensitivity  # noqa: F401
+
+
+def dask_setup(worker: Any) -> None:
+    """Preload of the worker processes of a local cluster started by ``scan`` (Dask calls
+    it in each worker's main thread as it starts): ignore SIGINT. Ctrl-C at a terminal
+    reaches the whole process group; the client handles it and stops these workers at
+    once, which would otherwise each log the cancellation of their running task."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
