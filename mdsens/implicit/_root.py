@@ -18,6 +18,12 @@ transposition, i.e. an adjoint solve with Aᵀ) and higher order (``hessian``), 
 ``jit`` and ``vmap``. Values that ``F`` closes over are hoisted out with
 ``jax.closure_convert`` and differentiated like explicit arguments.
 
+The rule takes symbolic zeros (``defjvp(..., symbolic_zeros=True)``): an argument that is not
+differentiated arrives as a ``jax.custom_derivatives.SymbolicZero`` tangent and is closed over
+as a constant, so :math:`\partial_2 F\,\dot\theta` is a JVP in the differentiated arguments
+only. A large argument that is not differentiated (a data matrix, a neighbour table) costs
+no zero tangent of its size and no product with it.
+
 References: Blondel et al., "Efficient and Modular Implicit Differentiation", NeurIPS 2022;
 Griewank & Walther, "Evaluating Derivatives" (2008), ch. 15.
 """
@@ -32,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jax.flatten_util import ravel_pytree
 
 from ._solution import Policy, SolveInfo, check_policy
@@ -48,11 +55,9 @@ def _is_array_leaf(leaf) -> bool:
     return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int, complex, bool))
 
 
-def _zero_tangent(leaf):
-    leaf = jnp.asarray(leaf)
-    if jnp.issubdtype(leaf.dtype, jnp.inexact):
-        return jnp.zeros_like(leaf)
-    return np.zeros(leaf.shape, dtype=jax.dtypes.float0)
+def _is_symbolic_zero(tangent) -> bool:
+    """A tangent that ``custom_jvp(symbolic_zeros=True)`` marks as not differentiated."""
+    return isinstance(tangent, SymbolicZero)
 
 
 def _neg(tree):
@@ -103,7 +108,9 @@ def custom_root(
       A decorator. The decorated solver has the same signature; ``init`` gets no derivative;
       derivatives with respect to ``args``/``kwargs`` (array leaves) follow
       ``−∂₁F ∂x* = ∂₂F`` in forward and reverse mode, under ``jit``/``vmap``, to any order.
-      Non-array leaves of ``args``/``kwargs`` (strings, callables, None) are static.
+      Array leaves that are not differentiated enter ``∂₂F θ̇`` as constants (no zero
+      tangent is formed for them). Non-array leaves of ``args``/``kwargs`` (strings,
+      callables, None) are static.
     """
     check_policy(on_failure)
     get_solver(solve)  # validate early
@@ -169,7 +176,6 @@ def _solve_implicit(solver, F, init, args, kwargs, *, solve, has_aux, symmetric,
         del consts
         return solver_closed(init, dyn_leaves, *solver_consts)
 
-    @implicit.defjvp
     def implicit_jvp(primals, tangents):
         init, dyn_leaves, consts, solver_consts = primals
         _, dyn_dot, consts_dot, _ = tangents
@@ -178,11 +184,26 @@ def _solve_implicit(solver, F, init, args, kwargs, *, solve, has_aux, symmetric,
         # derivatives never differentiate through the solver's iterations.
         out = implicit(init, dyn_leaves, consts, solver_consts)
         x = out[0] if has_aux else out
-        _, A = jax.linearize(lambda u: F_closed(u, dyn_leaves, *consts), x)
+        aux_dot = (jax.tree.map(SymbolicZero.from_primal_value, out[1]),) if has_aux else ()
+        theta = [*dyn_leaves, *consts]
+        theta_dot = [*dyn_dot, *consts_dot]
+        # Symbolic zeros: parameters that are not differentiated (tangent SymbolicZero) are
+        # closed over as constants, so ∂₂F θ̇ never touches them (no dense zero tangent).
+        live = [i for i, t in enumerate(theta_dot) if not _is_symbolic_zero(t)]
+        if not live:  # only init / solver constants were perturbed: they get no derivative
+            return out, (jax.tree.map(SymbolicZero.from_primal_value, x), *aux_dot)
+        n_dyn = len(dyn_leaves)
+
+        def F_live(*live_values):
+            values = list(theta)
+            for i, value in zip(live, live_values):
+                values[i] = value
+            return F_closed(x, values[:n_dyn], *values[n_dyn:])
+
         _, F_theta_dot = jax.jvp(
-            lambda d, c: F_closed(x, d, *c), (dyn_leaves, list(consts)),
-            (dyn_dot, list(consts_dot)),
+            F_live, tuple(theta[i] for i in live), tuple(theta_dot[i] for i in live)
         )
+        _, A = jax.linearize(lambda u: F_closed(u, dyn_leaves, *consts), x)
         # The solve runs on one flat vector: custom_linear_solve cannot transpose a pytree
         # right-hand side some of whose leaves do not depend on the differentiated input.
         b_flat, _ = ravel_pytree(_neg(F_theta_dot))
@@ -192,9 +213,9 @@ def _solve_implicit(solver, F, init, args, kwargs, *, solve, has_aux, symmetric,
             A_flat, b_flat, solve=forward,
             transpose_solve=None if symmetric else forward, symmetric=symmetric,
         ))
-        if has_aux:
-            return out, (x_dot, jax.tree.map(_zero_tangent, out[1]))
-        return out, x_dot
+        return out, ((x_dot, *aux_dot) if has_aux else x_dot)
+
+    implicit.defjvp(implicit_jvp, symbolic_zeros=True)
 
     return implicit(init, dyn, list(consts), [lax.stop_gradient(c) for c in solver_consts])
 
