@@ -92,8 +92,8 @@ class Progress:
             self._progress.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self._finish_stage()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self._finish_stage(logged=exc_type is None)  # an unfinished stage is not logged
         if self._progress is not None:
             self._progress.stop()
 
@@ -109,13 +109,13 @@ class Progress:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, status=status)
 
-    def _finish_stage(self) -> None:
+    def _finish_stage(self, logged: bool = True) -> None:
         if self._stage is None:
             return
         if self._progress is not None and self._task is not None:
             self._progress.remove_task(self._task)
             self._task = None
-        if self.verbose:
+        if self.verbose and logged:
             click.echo(f"[mdsens] {self._stage}: {time.monotonic() - self._started:.2f} s",
                        err=True)
         self._stage = None
