@@ -307,9 +307,11 @@ def test_config_per_pair_params_and_lists(tmp_path, monkeypatch):
 
 
 def _stub_sensitivity(monkeypatch, converged: bool = True) -> list:
-    """Replace the library's sensitivity by a stub that records its arguments."""
+    """Replace the library's relax and sensitivity by stubs; the sensitivity stub records
+    its arguments."""
     import importlib
 
+    from mdsens.md import minimize
     from mdsens.md.sensitivity import Sensitivity
 
     sens_mod = importlib.import_module("mdsens.md.sensitivity")  # the module, not the function
@@ -333,6 +335,7 @@ def _stub_sensitivity(monkeypatch, converged: bool = True) -> list:
             problems=() if converged else (f"relaxation did not converge: {status}",))
 
     monkeypatch.setattr(sens_mod, "sensitivity", fake)
+    monkeypatch.setattr(minimize, "relax", lambda system, *args, **kwargs: Relaxed(system))
     return calls
 
 
