@@ -1,10 +1,16 @@
 """Shared pieces of the CLI: exit codes, the bad-input error, options defined once, checks
-of the input that need no numerics, and turning options into a System and a Potential.
+of the input that need no numerics, turning options into a System and a Potential, and the
+outcome of a run in the command line's words.
 
 The checks run before JAX is imported (about a second), so that bad input is refused at
-once: names of potentials, parameters, observables and ``--wrt`` come from the JAX-free
-:mod:`mdsens.md.catalog`, the structure from ASE. JAX is imported only to build and
-evaluate (``enable_x64``, ``make_potential``, ``make_system``, ``check_energy``).
+once, each with one line that names the option (or the file) to change: names of
+potentials, parameters, observables and ``--wrt`` come from the JAX-free
+:mod:`mdsens.md.catalog`, as do the units that say which parameter values make sense
+(finite; lengths and energies positive); the structure from ASE (boundaries: periodic,
+free or a slab; the cell; overlaps). JAX is imported only to build and evaluate
+(``enable_x64``, ``make_potential``, ``make_system`` (a slab padded with vacuum, the
+cutoff checked against the structure before any neighbour list is sized),
+``check_energy``).
 """
 
 from __future__ import annotations
