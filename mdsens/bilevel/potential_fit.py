@@ -81,7 +81,7 @@ from ..md.elastic import relaxed_stiffness
 from ..md.minimize import relax
 from ..md.model import EnergyModel, build
 from ..md.options import DERIVATIVE_DEFAULTS, RelaxOptions
-from ..md.root_problem import ParamSpec, RootProblem, make_solver, parse_wrt
+from ..md.root_problem import ParamSpec, RootProblem, implicit_root, make_solver, parse_wrt
 from ..md.strain import n_voigt
 from ..md.system import System
 
@@ -235,17 +235,13 @@ class _CompiledEngine:
             solve_fixed = make_solver("cg", tol, maxiter, modes, None)
             x_star = ({"R": R_star, "eps": jnp.zeros((n_voigt(dim),), R_star.dtype)}
                       if relax_cell else R_star)
-            # The root is known (the relaxation's result): the "solver" returns it.
-            outer = custom_root(lambda x, th, ref: problem.F(x, th), solve=solve,
-                                symmetric=True, on_failure="ignore")(
-                lambda init, th, ref: ref)
 
             context = obs_mod.Context(model, nbrs, R_star)
             implicit = functools.partial(custom_root, solve=solve_fixed, symmetric=True,
                                          on_failure="ignore")
 
             def raw(th):
-                x = outer(None, th, x_star)
+                x = implicit_root(problem, x_star, th, solve)  # the relaxation's root
                 R, C, params = problem.configuration(x, th)
                 out = {name: obs_mod.BUILTIN[name].fn(context, R, C, params)
                        for name in ("lattice_parameters", "energy_per_atom", "volume")}

@@ -169,20 +169,21 @@ def _solve_implicit(solver, F, init, args, kwargs, *, solve, has_aux, symmetric,
     x_example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), x_shape)
     F_closed, consts = jax.closure_convert(F_dyn, x_example, dyn)
 
-    forward = _linear_solver(solve, on_failure, "implicit_jvp_solve")
+    solve_arrays, solve_with = _split_solve(solve)
 
     @jax.custom_jvp
-    def implicit(init, dyn_leaves, consts, solver_consts):
-        del consts
+    def implicit(init, dyn_leaves, consts, solver_consts, solve_consts):
+        del consts, solve_consts
         return solver_closed(init, dyn_leaves, *solver_consts)
 
     def implicit_jvp(primals, tangents):
-        init, dyn_leaves, consts, solver_consts = primals
-        _, dyn_dot, consts_dot, _ = tangents
+        init, dyn_leaves, consts, solver_consts, solve_consts = primals
+        _, dyn_dot, consts_dot, _, _ = tangents
+        forward = _linear_solver(solve_with(solve_consts), on_failure, "implicit_jvp_solve")
         # Calling the custom_jvp function itself (not the raw solver) keeps the primal
         # differentiable by the same rule under outer transformations: higher-order
         # derivatives never differentiate through the solver's iterations.
-        out = implicit(init, dyn_leaves, consts, solver_consts)
+        out = implicit(init, dyn_leaves, consts, solver_consts, solve_consts)
         x = out[0] if has_aux else out
         aux_dot = (jax.tree.map(SymbolicZero.from_primal_value, out[1]),) if has_aux else ()
         theta = [*dyn_leaves, *consts]
@@ -217,7 +218,30 @@ def _solve_implicit(solver, F, init, args, kwargs, *, solve, has_aux, symmetric,
 
     implicit.defjvp(implicit_jvp, symbolic_zeros=True)
 
-    return implicit(init, dyn, list(consts), [lax.stop_gradient(c) for c in solver_consts])
+    return implicit(init, dyn, list(consts), [lax.stop_gradient(c) for c in solver_consts],
+                    [lax.stop_gradient(c) for c in solve_arrays])
+
+
+def _split_solve(solve):
+    """``(arrays, rebuild)``: the array arguments bound in a ``functools.partial`` solver
+    (a null-space basis, a tolerance) and ``rebuild(arrays) -> solver``.
+
+    They travel as explicit (non-differentiated) arguments of the rule: a value traced in a
+    caller's ``jit`` and closed over by the rule would be a stale tracer when that jitted
+    function is differentiated from outside. Other callables are used as they are (their
+    closures must not hold such values)."""
+    if not isinstance(solve, functools.partial):
+        return [], lambda arrays: solve
+    leaves, treedef = jax.tree.flatten((solve.args, solve.keywords))
+    is_array = [isinstance(leaf, jax.Array) for leaf in leaves]
+
+    def rebuild(arrays):
+        it = iter(arrays)
+        merged = [next(it) if a else leaf for leaf, a in zip(leaves, is_array)]
+        args, keywords = jax.tree.unflatten(treedef, merged)
+        return functools.partial(solve.func, *args, **keywords)
+
+    return [leaf for leaf, a in zip(leaves, is_array) if a], rebuild
 
 
 def root_jvp(

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..implicit import Status, custom_root
-from .root_problem import ParamSpec, RootProblem, SolverPlan
+from .root_problem import ParamSpec, RootProblem, SolverPlan, implicit_root
 from .strain import deformation, n_voigt, stress_to_voigt, voigt_labels
 
 
@@ -48,13 +48,15 @@ def stress_response(problem: RootProblem, theta, R0, C0, implicit):
     )
     keys = [s.name for s in fixed.specs if s.kind != "strain"]
     # The root is known (R_ref, the relaxed positions): the "solver" returns it.
-    root = implicit(lambda x, th, R_ref: fixed.F(x, th))(lambda init, th, R_ref: R_ref)
+    # (the problem is an argument, not a closure: see root_problem.implicit_root)
+    root = implicit(lambda x, th, R_ref, prob: prob.F(x, th))(
+        lambda init, th, R_ref, prob: R_ref)
     applied = problem.strain(theta)
 
     def stress_of(eta):
         th = {k: theta[k] for k in keys}
         th["__strain__"] = eta + applied
-        Rc, Cc, params = fixed.configuration(root(None, th, R0), th)
+        Rc, Cc, params = fixed.configuration(root(None, th, R0, fixed), th)
         return stress_to_voigt(problem.model.stress(Rc, Cc, params, problem.nbrs))
 
     return stress_of
@@ -143,22 +145,24 @@ def _elastic_stage(plan, mode, problem, x_star, theta0, nullspace, modes, precon
     m = d(d+1)/2, in ``mode`` ``"forward"`` or ``"reverse"`` (see :func:`elastic_constants`)."""
     dim = problem.dim
 
-    def tracked(solve_fn):
+    def recorded(solve_fn):
         def run(matvec, b, on_failure="ignore"):
             x, info = solve_fn(matvec, b, on_failure="ignore")
             jax.debug.callback(_record, token, info.status, info.iterations,
                                info.residual_norm)
             return x, info
 
-        return functools.partial(custom_root, solve=run, symmetric=True, on_failure="ignore")
+        return run
 
-    implicit = tracked(plan.solver_fn(modes, precond, False))
+    implicit = functools.partial(custom_root, solve=recorded(plan.solver_fn(modes, precond,
+                                                                              False)),
+                                 symmetric=True, on_failure="ignore")
 
     def base_state(theta):
         if not problem.relax_cell:
             return x_star, problem.cell0
-        solve = plan.solver_fn(nullspace, precond, True)
-        outer = tracked(solve)(problem.F)(lambda init, th: x_star)(None, theta)
+        solve = recorded(plan.solver_fn(nullspace, precond, True))
+        outer = implicit_root(problem, x_star, theta, solve)
         U = deformation(outer["eps"], dim)
         return outer["R"] @ U, problem.cell0 @ U
 

@@ -344,9 +344,8 @@ class RelaxedStateFunction:
                               jnp.asarray(self.options.pressure, jnp.float64),
                               params_fn=self._user_params)
         th = {_USER.name: theta}
-        # The solver's closure must hold no value traced here: a jit of this function
-        # differentiated from outside would meet it as a stale tracer. Translations are
-        # constants; a free system's rotations depend on the relaxed positions.
+        # Translations are constants of the program; a free system's rotations depend on
+        # the relaxed positions (custom_root passes them to the rule as arguments).
         with jax.ensure_compile_time_eval():
             if self._periodic:
                 modes = np.asarray(zero_modes.rigid_modes(self._R0, True))

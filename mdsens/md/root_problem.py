@@ -230,9 +230,12 @@ def implicit_root(problem: RootProblem, x_star, theta, solve, on_failure: str = 
     differentiable: :func:`mdsens.md.relaxed.relaxed_state`, the elastic constants and
     :func:`mdsens.bilevel.fit_potential` all call it.
     """
-    root = custom_root(lambda x, th, ref: problem.F(x, th), solve=solve, symmetric=True,
-                       on_failure=on_failure)(lambda init, th, ref: ref)
-    return root(None, theta, jax.lax.stop_gradient(x_star))
+    # The problem (its neighbour list, cell, parameters) is an explicit argument, not a
+    # closure: traced integer data closed over by F would reach the derivative rule as a
+    # stale tracer when a jitted caller is differentiated from outside.
+    root = custom_root(lambda x, th, ref, prob: prob.F(x, th), solve=solve, symmetric=True,
+                       on_failure=on_failure)(lambda init, th, ref, prob: ref)
+    return root(None, theta, jax.lax.stop_gradient(x_star), problem)
 
 
 @dataclasses.dataclass(frozen=True)
