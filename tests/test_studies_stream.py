@@ -290,9 +290,10 @@ _CHILD = textwrap.dedent("""
 
 
 def test_client_killed_mid_study_leaves_a_resumable_file(cluster, streamed, tmp_path):
-    """SIGKILL of the writing client after its first point: the points written are
-    complete and readable, the others untouched, no lock is left; resuming on the
-    cluster finishes the study with the uninterrupted run's values."""
+    """The file of a running study can be read from another process; SIGKILL of the
+    writing client after its first point: the points written are complete and readable,
+    the others untouched, no lock is left; resuming on the cluster finishes the study
+    with the uninterrupted run's values."""
     path = tmp_path / "killed.h5"
     code = _CHILD.format(sigmas=SIGMAS, wrt=WRT, obs=OBS, path=str(path), relax=RELAX,
                          address=cluster.scheduler_address)
@@ -302,6 +303,10 @@ def test_client_killed_mid_study_leaves_a_resumable_file(cluster, streamed, tmp_
     try:
         line = child.stdout.readline()
         assert line.startswith("done"), line
+        p = int(line.split()[1])
+        running = read(path)  # readable while the other process writes it
+        assert running.done[p] and np.isfinite(running.values["energy"][p])
+        assert lock_owner(path).pid == child.pid
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -375,6 +380,20 @@ def test_study_on_a_cluster_spec(tmp_path, capfd):
         assert bad not in err, err
 
 
+def test_batch_system_missing_is_refused(tmp_path):
+    """A SLURM spec where ``sbatch`` does not exist fails at once (not a wait for
+    workers that never come)."""
+    import shutil
+
+    pytest.importorskip("dask_jobqueue")
+    if shutil.which("sbatch"):
+        pytest.skip("a SLURM machine")
+    spec = tmp_path / "slurm.yaml"
+    spec.write_text("class: slurm\noptions: {cores: 1, memory: 1GB}\nscale: {jobs: 1}\n")
+    with pytest.raises(ValueError, match="'sbatch', which is not on PATH"):
+        _dask.Backend.of(cluster=spec)
+
+
 @pytest.mark.parametrize("text, match", [
     ("class: nosuch.Cluster\n", "cannot import"),
     ("class: builtins.dict\n", "not a Dask cluster class"),
@@ -400,3 +419,21 @@ def test_bad_cluster_spec(text, match, tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and match in lines[0], res.output
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.slow
+def test_cli_two_workers_stderr_is_clean(tmp_path):
+    """A real 2-worker study from the command line: stderr holds the dashboard line and
+    nothing else (no "Worker process still alive ... killing" at the close)."""
+    out = tmp_path / "cli.h5"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "mdsens.cli", "scan",
+                          str(ROOT / "data" / "ar_fcc_32.extxyz"), "-p", "lj", "--param",
+                          "epsilon=0.0104", "--sweep", "sigma=3.3:3.5:4", "--wrt", "sigma",
+                          "--observable", "energy", "-o", str(out), "--workers", "2"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Dask dashboard: http://127.0.0.1:"), \
+        res.stderr
+    assert read(out).complete

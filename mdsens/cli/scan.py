@@ -189,9 +189,13 @@ def _check_backend(workers: int | None, scheduler: str | None, scheduler_file: P
 
     try:
         spec = ClusterSpec.load(cluster_spec)
-        spec.resolve()
     except ValueError as exc:
         raise c.BadInput(f"--cluster {exc}") from None
+    try:
+        spec.resolve()
+    except ValueError as exc:
+        reason = str(exc).removeprefix("cluster spec: ")
+        raise c.BadInput(f"--cluster {cluster_spec}: {reason}") from None
     return spec
 
 

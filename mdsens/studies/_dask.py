@@ -45,6 +45,7 @@ import importlib.util
 import inspect
 import os
 import pickle
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -168,11 +169,12 @@ class ClusterSpec:
             return cls(data["class"], data.get("options") or {}, data.get("scale"),
                        data.get("adapt"))
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise ValueError(f"{path}: {str(exc).removeprefix('cluster spec: ')}") from None
 
     def resolve(self) -> type:
-        """The cluster class (imported). Raises ValueError for a name that does not import
-        or is not a ``distributed.deploy.Cluster``."""
+        """The cluster class (imported). Raises ValueError for a name that does not import,
+        is not a ``distributed.deploy.Cluster``, or is a dask-jobqueue class whose job
+        submission command (``sbatch``, ``qsub``, ...) is not on this machine's PATH."""
         import distributed.deploy
 
         dotted = CLUSTER_CLASSES.get(self.cls, self.cls)
@@ -188,6 +190,12 @@ class ClusterSpec:
         if not (isinstance(found, type) and issubclass(found, distributed.deploy.Cluster)):
             raise ValueError(f"cluster spec: {dotted!r} is not a Dask cluster class; use one "
                              f"of {sorted(CLUSTER_CLASSES)} or package.module.Class")
+        submit = getattr(getattr(found, "job_cls", None), "submit_command", None)
+        if isinstance(submit, str) and submit.split() and \
+                shutil.which(submit.split()[0]) is None:
+            raise ValueError(f"cluster spec: {dotted} submits jobs with {submit.split()[0]!r}, "
+                             f"which is not on PATH here; run on a login node of that "
+                             f"batch system")
         return found
 
     def start(self) -> tuple[Any, str | None]:

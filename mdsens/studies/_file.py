@@ -255,12 +255,24 @@ def write_point(f: Any, p: int, n_grid: int, k: int, point: dict[str, Any]) -> N
     f.flush()
 
 
-def is_study(path: str | os.PathLike) -> bool:
-    """True when ``path`` is an HDF5 file written by :func:`mdsens.studies.scan`."""
+def _open_read(path: str | os.PathLike) -> Any:
+    """Open for reading without HDF5's own file lock, so that a study being written by
+    another process can be read: the writer changes only raw data in place, and a point
+    is marked done only after its data are flushed. Where that is refused (an HDF5 build
+    without the property; the file already open in this process with HDF5's lock) the
+    file is opened as usual."""
     import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        return h5py.File(path, "r", locking=False)
+    except (TypeError, ValueError, OSError):
+        return h5py.File(path, "r")
+
+
+def is_study(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an HDF5 file written by :func:`mdsens.studies.scan`."""
+    try:
+        with _open_read(path) as f:
             return f.get("h5md/modules/mdsens") is not None and \
                 f["h5md/modules/mdsens"].attrs.get("kind") == KIND
     except OSError:
@@ -268,14 +280,16 @@ def is_study(path: str | os.PathLike) -> bool:
 
 
 def read(path: str | os.PathLike) -> StudyResult:
-    """Read a study file (complete or not) into a :class:`StudyResult`."""
-    import h5py
-
+    """Read a study file (complete or not, also while another process writes it) into a
+    :class:`StudyResult`. ``done`` is read first: every point it marks is complete in the
+    arrays read after it."""
     from ..io.hdf5 import unit_of
 
     if not is_study(path):
         raise ValueError(f"{path}: not an mdsens study file")
-    with h5py.File(path, "r") as f:
+    with _open_read(path) as f:
+        done = f["done"][()]
+        converged = f["converged"][()]
         definition = json.loads(f["study"].attrs["definition"])
         values = {k: _value(v)[()] for k, v in f["observables"].items()}
         units = {k: unit_of(v) for k, v in f["observables"].items()}
@@ -289,8 +303,8 @@ def read(path: str | os.PathLike) -> StudyResult:
             values=values,
             derivatives=derivs,
             units=units,
-            done=f["done"][()],
-            converged=f["converged"][()],
+            done=done,
+            converged=converged & done,
             problems=tuple(b.decode("utf-8", "replace") for b in f["problems"][()]),
             diagnostics={k: v[()] for k, v in f["diagnostics"].items()},
             definition=definition,
