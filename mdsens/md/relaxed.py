@@ -287,6 +287,9 @@ class RelaxedStateFunction:
                              f"{sorted(self.params)}")
         return {k: jnp.asarray(v, jnp.result_type(float)) for k, v in out.items()}
 
+    def _params_of_spec(self, user: dict) -> dict:
+        return self._user_params(user[_USER.name])
+
     # -- evaluation ------------------------------------------------------------------
     def __call__(self, theta: Any) -> RelaxedState:
         jax.eval_shape(self._user_params, theta)  # names checked before any work
@@ -342,7 +345,7 @@ class RelaxedStateFunction:
         R, cell, nbrs = lax.stop_gradient((R, cell, nbrs))
         problem = RootProblem(model, nbrs, (_USER,), self.params, cell, dim, relax_cell,
                               jnp.asarray(self.options.pressure, jnp.float64),
-                              params_fn=self._user_params)
+                              params_fn=self._params_of_spec)
         th = {_USER.name: theta}
         # Translations are constants of the program; a free system's rotations depend on
         # the relaxed positions (custom_root passes them to the rule as arguments).

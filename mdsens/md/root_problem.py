@@ -36,8 +36,8 @@ _PAIR_RE = re.compile(r"^(\w+)\[\s*([A-Za-z]+)\s*,\s*([A-Za-z]+)\s*\]$")
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
     """How one ``wrt`` name enters the parameters: a whole array, a species-pair entry, the
-    applied strain, the external pressure, or (``"user"``) the argument of the problem's
-    ``params_fn``, whose output replaces the named potential parameters."""
+    applied strain, the external pressure, or (``"user"``) an entry of the dict passed to
+    the problem's ``params_fn``, whose output replaces the named potential parameters."""
 
     name: str
     kind: Literal["param", "pair", "strain", "pressure", "user"]
@@ -91,6 +91,19 @@ def parse_wrt(wrt, potential, dim, periodic, relax_cell) -> list[ParamSpec]:
     return specs
 
 
+def user_specs(theta: dict, potential) -> list[ParamSpec]:
+    """``"user"`` specs for the entries of a user's θ dict (``sensitivity(params_fn=...)``);
+    a name must not shadow a potential parameter or ``strain``/``pressure``."""
+    if not isinstance(theta, dict) or not theta:
+        raise ValueError("with params_fn, wrt must be a non-empty dict {name: value} of the "
+                         "parameters params_fn takes")
+    clash = set(theta) & (set(potential.params) | {"strain", "pressure"})
+    if clash:
+        raise ValueError(f"with params_fn, wrt names must differ from the potential's "
+                         f"parameters and strain/pressure; got {sorted(clash)}")
+    return [ParamSpec(str(k), "user") for k in theta]
+
+
 def initial_theta(specs, potential, dim, pressure, params=None) -> dict[str, Array]:
     """θ at the reference point: parameter values (``params``, default the potential's),
     zero pair offsets, zero strain, the external pressure."""
@@ -128,13 +141,13 @@ class RootProblem:
     dim: int
     relax_cell: bool
     pressure: Any
-    params_fn: Any = None  # theta["user" spec] -> {name: value}, replacing base_params entries
+    params_fn: Any = None  # {user spec name: θ value} -> {param name: value} (replacing)
 
     def params(self, theta) -> dict:
         params = dict(self.base_params)
-        for s in self.specs:
-            if s.kind == "user":
-                params.update(self.params_fn(theta[s.name]))
+        user = {s.name: theta[s.name] for s in self.specs if s.kind == "user"}
+        if user:
+            params.update(self.params_fn(user))
         for s in self.specs:
             if s.kind == "param":
                 params[s.base] = theta[s.name]

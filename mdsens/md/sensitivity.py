@@ -72,6 +72,7 @@ from .root_problem import (
     initial_theta,
     parse_wrt,
     preconditioner_data,
+    user_specs,
 )
 from .strain import n_voigt
 from .system import System
@@ -109,6 +110,7 @@ def sensitivity(
     neighbor_list: Literal["auto"] | bool = "auto",
     on_failure: Policy = "raise",
     params: dict | None = None,
+    params_fn: Callable[[dict], dict] | None = None,
     hessian: Literal["auto", "assembled", "autodiff"] = "auto",
     jacobian_error: bool = False,
 ) -> Sensitivity:
@@ -158,6 +160,12 @@ def sensitivity(
         (:func:`mdsens.implicit.bounds.jacobian_error_estimate` on the complement of the
         zero modes); costs one extra Krylov solve and a few dozen third-derivative products,
         so it is off by default. Reported in ``diagnostics["jacobian_error"]``.
+      params_fn: a parameterisation of the user's own: ``params_fn(θ) -> {name: value}``
+        (a JAX function of a dict θ; the potential parameters it returns replace the
+        potential's). ``wrt`` is then the dict θ of values to differentiate at, e.g.
+        ``wrt={"D": 1.0}`` with ``params_fn=lambda t: {"sigma": ...t["D"]...}``, and the
+        derivatives are keyed by θ's names. Pass the same function object to reuse
+        compiled code across calls.
       params: parameter values to use instead of the potential's (same names), e.g. the
         point of a parameter study; the model's cutoff must cover them.
       on_failure: ``"raise"`` (:class:`SensitivityError`), ``"warn"``, ``"nan"``
@@ -196,7 +204,14 @@ def sensitivity(
     periodic = system.is_periodic
     dim = system.dim
     observables_ = obs_mod.resolve(observables, periodic, dim)
-    specs = tuple(parse_wrt(wrt, potential, dim, periodic, relax_cell))
+    user_theta = None
+    if params_fn is not None:
+        specs = tuple(user_specs(wrt, potential))
+        user_theta = {s.name: jnp.asarray(wrt[s.name], jnp.float64) for s in specs}
+        params = {**params, **{k: np.asarray(v, np.float64)
+                               for k, v in params_fn(user_theta).items()}}
+    else:
+        specs = tuple(parse_wrt(wrt, potential, dim, periodic, relax_cell))
     timings: dict[str, float] = {}
 
     # 1. relaxation --------------------------------------------------------------------
@@ -230,8 +245,10 @@ def sensitivity(
     R_star = jnp.asarray(relaxed.positions, jnp.float64)
     cell0 = jnp.asarray(relaxed.cell, jnp.float64) if periodic else None
     problem = RootProblem(model, nbrs, specs, {k: jnp.asarray(v) for k, v in params.items()},
-                          cell0, dim, relax_cell, jnp.asarray(pressure, jnp.float64))
-    theta0 = initial_theta(specs, potential, dim, pressure, params)
+                          cell0, dim, relax_cell, jnp.asarray(pressure, jnp.float64),
+                          params_fn=params_fn)
+    theta0 = (user_theta if user_theta is not None
+              else initial_theta(specs, potential, dim, pressure, params))
     if relax_cell:
         x_star = {"R": R_star, "eps": jnp.zeros((n_voigt(dim),), jnp.float64)}
     else:
