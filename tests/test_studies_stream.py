@@ -399,6 +399,7 @@ def test_batch_system_missing_is_refused(tmp_path):
     ("class: builtins.dict\n", "not a Dask cluster class"),
     ("options: {}\n", "needs 'class'"),
     ("class: local\nworkers: 2\n", "unknown cluster spec keys"),
+    ("class: local\noptions: {n_workers: 1, bogus: 3}\n", "takes no option 'bogus'"),
     ("class: local\nscale: 0\n", "positive worker count"),
     ("class: local\nscale: 2\nadapt: {maximum: 2}\n", "exclude each other"),
     ("[1, 2]\n", "mapping"),

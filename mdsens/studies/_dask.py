@@ -173,8 +173,9 @@ class ClusterSpec:
 
     def resolve(self) -> type:
         """The cluster class (imported). Raises ValueError for a name that does not import,
-        is not a ``distributed.deploy.Cluster``, or is a dask-jobqueue class whose job
-        submission command (``sbatch``, ``qsub``, ...) is not on this machine's PATH."""
+        is not a ``distributed.deploy.Cluster``, is a dask-jobqueue class whose job
+        submission command (``sbatch``, ``qsub``, ...) is not on this machine's PATH, or
+        does not take one of the options."""
         import distributed.deploy
 
         dotted = CLUSTER_CLASSES.get(self.cls, self.cls)
@@ -196,6 +197,7 @@ class ClusterSpec:
             raise ValueError(f"cluster spec: {dotted} submits jobs with {submit.split()[0]!r}, "
                              f"which is not on PATH here; run on a login node of that "
                              f"batch system")
+        _check_options(found, self.options)
         return found
 
     def start(self) -> tuple[Any, str | None]:
@@ -224,7 +226,13 @@ class ClusterSpec:
             scheduler_options = dict(scheduler_options)
             dashboard = scheduler_options.setdefault("dashboard_address", DASHBOARD)
             options["scheduler_options"] = scheduler_options
-        cluster = klass(**options)
+        try:
+            cluster = klass(**options)
+        except Exception as exc:  # bad options surface in many types, some wrapped
+            cause = exc.__cause__ or exc
+            reason = " ".join(f"{type(cause).__name__}: {cause}".split())
+            raise ValueError(f"cluster spec: {klass.__module__}.{klass.__name__} did not "
+                             f"start with these options ({reason})") from None
         try:
             if isinstance(self.scale, Mapping):
                 cluster.scale(**self.scale)
@@ -236,6 +244,29 @@ class ClusterSpec:
             cluster.close()
             raise
         return cluster, None if dashboard is None else str(dashboard)
+
+
+def _check_options(klass: type, options: Mapping[str, Any]) -> None:
+    """Refuse option names the cluster class cannot take (ValueError), before it starts
+    worker processes that would fail one by one (a LocalCluster passes unknown names on
+    to its workers: those of Nanny and Worker count too)."""
+    import distributed
+
+    def names(f: Any) -> tuple[set[str], bool]:
+        params = inspect.signature(f).parameters.values()
+        return ({p.name for p in params if p.kind is not p.VAR_KEYWORD},
+                any(p.kind is p.VAR_KEYWORD for p in params))
+
+    accepted, open_ended = names(klass)
+    if issubclass(klass, distributed.LocalCluster):
+        for part in (distributed.Nanny, distributed.Worker):
+            more, _ = names(part)
+            accepted |= more
+        open_ended = False
+    unknown = sorted(set(options) - accepted)
+    if unknown and not open_ended:
+        raise ValueError(f"cluster spec: {klass.__name__} takes no option "
+                         f"{', '.join(map(repr, unknown))}")
 
 
 @dataclasses.dataclass(frozen=True)
