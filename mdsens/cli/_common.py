@@ -1010,19 +1010,3 @@ def finish(converged: bool, problems: Sequence[str], output: Path, quiet: bool,
     if not quiet:
         click.echo(f"wrote {output}")
 
-
-def save_png(fig: Any, output: Path, quiet: bool) -> None:
-    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close
-    it; a failed write leaves no partial file."""
-    import matplotlib.pyplot as plt
-
-    tmp = output.with_name(f".{output.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        tmp.replace(output)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    if not quiet:
-        click.echo(f"wrote {output}")
