@@ -13,7 +13,7 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from mdsens.md import System, build, potentials
-from mdsens.md import model as model_module
+from mdsens.md import neighbors as neighbors_module
 from mdsens.md._cell_search import dense_search
 from mdsens.md.geometry import image_shifts
 
@@ -141,8 +141,8 @@ def test_second_allocation_by_search_equals_jax_md(monkeypatch):
                   neighbor_list=True)
     model.allocate(system.positions, system.cell)
     calls = []
-    search = model_module._dense_search
-    monkeypatch.setattr(model_module, "_dense_search",
+    search = neighbors_module._dense_search
+    monkeypatch.setattr(neighbors_module, "_dense_search",
                         lambda *a: calls.append(1) or search(*a))
     R = system.positions + 0.05 * np.random.default_rng(3).standard_normal((len(atoms), 3))
     C = system.cell * 1.02

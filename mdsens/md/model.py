@@ -29,7 +29,9 @@ Math and conventions
   :meth:`EnergyModel.update` rebuilds when an atom moved more than skin/2 since the last
   build or when the cell changed (a fractional-coordinate list cannot see a box change).
   Padded slots carry a constant dummy displacement beyond the cutoff (a double ``where``),
-  so parameter and position gradients stay finite.
+  so parameter and position gradients stay finite. The lists themselves (allocation,
+  update, rebuild rule, overflow) are :mod:`mdsens.md.neighbors`; the assembled Hessian
+  of a pair potential is :mod:`mdsens.md.pair_hessian`.
 * Free systems: plain Cartesian displacements, all pairs or a jax-md cell list over the
   bounding box (positions outside it are still handled: cells wrap, pairs are pruned by
   true distance).
@@ -40,11 +42,9 @@ Math and conventions
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
-import warnings
 from typing import Any, Literal
 
 import jax
@@ -52,10 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _cell_search
-from ._jaxmd import partition, space
-from .geometry import Geometry, fractional_near, image_index
-from .potentials.base import Array, Params, Potential, pair_param
-from .potentials.pair import PairPotential, symmetrized
+from .geometry import Geometry
+from .neighbors import NeighborListManager, Neighbors
+from .pair_hessian import pair_hessian_matvec as _pair_hessian_matvec
+from .potentials.base import Array, Params, Potential
+from .potentials.pair import PairPotential
 from .sharding import mesh_for
 from .system import System
 
@@ -68,89 +69,16 @@ above this many (super)cell atoms."""
 DEFAULT_SKIN_FRACTION = 0.1
 """Default skin, as a fraction of the cutoff."""
 
-_PEC = partition.PartitionErrorCode
-_OVERFLOW_BITS = int(
-    partition.PartitionErrorCode.NEIGHBOR_LIST_OVERFLOW
-    | partition.PartitionErrorCode.CELL_LIST_OVERFLOW
-    | partition.PartitionErrorCode.CELL_SIZE_TOO_SMALL
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Neighbors:
-    """Neighbour-list state of an :class:`EnergyModel` (a pytree; treat as opaque).
-
-    Attributes:
-      nlist: jax-md dense ``NeighborList`` over the internal (super)cell; fractional
-        positions for periodic systems, shifted Cartesian positions for free ones.
-      reference_cell: ``(d, d)`` internal cell at the last rebuild (zeros when free).
-      images: ``(N, M)`` int32 or None. For a periodic list whose cell was at least
-        ``2 reach`` wide at the last rebuild: slot ``(i, m)`` as ``j + N t``, where t
-        numbers the periodic image of neighbour j nearest to i at the rebuild (one of the
-        3^d cells around the reference cell, listed by ``mdsens.md.geometry.image_shifts``);
-        padding is ``N 3^d``. Pair forces then read displacements from the images of the
-        atoms instead of taking the minimum image of every pair at every step.
-    """
-
-    nlist: partition.NeighborList
-    reference_cell: Array
-    images: Array | None = None
-
-
-jax.tree_util.register_dataclass(
-    Neighbors, data_fields=["nlist", "reference_cell", "images"], meta_fields=[]
-)
-
-
-def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
-    r""":attr:`Neighbors.images` for the list ``idx`` built at fractional positions ``X``.
-
-    With :math:`S` the fractional positions made continuous around ``X``
-    (:func:`~mdsens.md.geometry.fractional_near`, as the energy takes them at every
-    step), neighbour j's image nearest to i is :math:`S_j + n` with
-    :math:`n = -\mathrm{round}(S_j - S_i)`.
-    """
-    n, d = X.shape
-    S = fractional_near(R_s, C_s, X)
-    mask = idx < n
-    j = jnp.where(mask, idx, 0)
-    shift = -jnp.round(S[j] - S[:, None, :]).astype(jnp.int32)  # (N, M, d)
-    code = image_index(jnp.clip(shift, -1, 1))
-    return jnp.where(mask, j + n * code, n * 3**d).astype(jnp.int32)
-
-
-def _nl_box(cell: Array) -> Array:
-    r"""Upper-triangular jax-md box with the metric of ``cell``: :math:`L^T`, :math:`LL^T = CC^T`.
-
-    Fractional coordinates and distances are unchanged (a rotation), and jax-md's cell
-    list needs an upper-triangular box.
-    """
-    cell = jax.lax.stop_gradient(cell)
-    return jnp.linalg.cholesky(cell @ cell.T).T
-
-
-@contextlib.contextmanager
-def _quiet_jax_md():
-    """Silence jax-md's int64 -> int32 scatter FutureWarning (its code, harmless here)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
-        yield
-
-
-_dense_search = jax.jit(_cell_search.dense_search, static_argnums=(2, 3, 4, 5))
-_image_slots_jit = jax.jit(_image_slots)
-_max_neighbors = jax.jit(_cell_search.max_neighbors, static_argnums=(2, 3, 4))
-
-
-def _wrap(S: Array) -> Array:
-    return S - jnp.floor(S)
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class EnergyModel:
     """Energy of one system layout under one potential (see the module docstring).
 
-    Build with :func:`build`. Hashed by identity, so it can be a static jit argument.
+    Build with :func:`build`. Hashed and compared by identity, so it can be a static jit
+    argument. The model evaluates energies; neighbour lists are the job of its
+    :attr:`neighbor_lists` manager (:mod:`mdsens.md.neighbors`), which :meth:`allocate`,
+    :meth:`update`, :meth:`needs_rebuild` and :meth:`overflowed` call on the internal
+    (super)cell.
 
     Attributes:
       potential: the :class:`Potential` (its ``params`` are the default ``params``).
@@ -159,9 +87,13 @@ class EnergyModel:
       replicas: copies of the user's cell along each lattice vector (all 1 if none).
       cutoff: interaction range in Å (None when the potential has none).
       skin: neighbour-list skin and small-cell margin, Å.
-      uses_neighbor_list: whether :meth:`energy` needs ``nbrs``.
+      capacity_multiplier: spare neighbour-list capacity at allocation.
       mesh: the ``jax.sharding.Mesh`` whose devices share each evaluation (row blocks of
         the neighbour list; :mod:`mdsens.md.sharding`), or None for one device.
+      neighbor_lists: the :class:`~mdsens.md.neighbors.NeighborListManager` of the
+        internal (super)cell, or None when the model uses no list.
+      all_pairs: without a list, for a neighbourhood potential: the ``(n, n)`` int32 index
+        table of every other internal atom (diagonal padded with n), else None.
     """
 
     potential: Potential
@@ -172,14 +104,21 @@ class EnergyModel:
     replicas: tuple[int, ...]
     cutoff: float | None
     skin: float
-    uses_neighbor_list: bool
     capacity_multiplier: float = 1.25
     mesh: Any = None
-    _neighbor_fn: Any = None
-    _origin: np.ndarray | None = None
-    _all_pairs: np.ndarray | None = None
-    _cell_list_fns: dict = dataclasses.field(default_factory=dict, repr=False)
-    _search_template: dict = dataclasses.field(default_factory=dict, repr=False)
+    neighbor_lists: NeighborListManager | None = None
+    all_pairs: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def uses_neighbor_list(self) -> bool:
+        """Whether :meth:`energy` needs ``nbrs``."""
+        return self.neighbor_lists is not None
+
+    @property
+    def _origin(self) -> np.ndarray | None:
+        """Free systems with a list: the lower corner of the list's box (part of the
+        compiled program's identity, see :func:`mdsens.md._models.program_key`)."""
+        return None if self.neighbor_lists is None else self.neighbor_lists.origin
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -235,7 +174,7 @@ class EnergyModel:
             images = (None if nbrs.images is None
                       else (nbrs.images, nbrs.nlist.reference_position))
         else:
-            idx = None if self._all_pairs is None else jnp.asarray(self._all_pairs)
+            idx = None if self.all_pairs is None else jnp.asarray(self.all_pairs)
             images = None
         geom = Geometry(R_s, C_s, jnp.asarray(self._species_s()), idx, self._pad_distance,
                         images, self.mesh)
@@ -274,57 +213,20 @@ class EnergyModel:
         self, R: Array, cell: Array | None, params: Params | None = None, nbrs: Any = None
     ):
         r"""The Hessian :math:`\partial^2 E/\partial R^2` of a pair potential as an assembled
-        sparse operator ``v (N, d) -> H v (N, d)``.
+        sparse operator ``v (N, d) -> H v (N, d)`` with attribute ``diagonal_blocks``
+        ``(N, d, d)``, from the pair stiffnesses of the listed pairs
+        (:func:`mdsens.md.pair_hessian.pair_hessian_matvec`, which states the math).
+        Differentiable in ``R``, ``cell`` and ``params`` like any JAX function.
 
-        With :math:`E = \tfrac12\sum_i\sum_m \phi(r_{im})` over the full neighbour list
-        (:math:`d_{im} = R_{j(i,m)} - R_i`, :math:`\hat d = d/r`), each listed pair has the
-        stiffness :math:`K_{im} = \phi''\,\hat d\hat d^\top + (\phi'/r)(I - \hat d\hat
-        d^\top)` and
-
-        .. math:: (Hv)_i = \sum_m K_{im}\,(v_i - v_{j(i,m)})
-
-        (each pair appears once in each of its atoms' rows, and :math:`K` is even in
-        :math:`d`). :math:`\phi'` and :math:`\phi''` come from forward-mode derivatives of
-        the potential's own ``pair_energy`` (switch included), once; a product is then one
-        gather and O(N M d) flops — much cheaper than differentiating the energy twice.
-        Differentiable in ``R``, ``cell`` and ``params`` like any JAX function. The returned
-        function carries ``diagonal_blocks``, the per-atom blocks
-        :math:`H_{ii} = \sum_m K_{im}` ``(N, d, d)``.
+        Raises:
+          ValueError: not :attr:`has_pair_hessian`.
         """
         if not self.has_pair_hessian:
             raise ValueError("pair_hessian_matvec needs a pair potential without replication")
         params = self.potential.params if params is None else params
-        if self.uses_neighbor_list:
-            idx = nbrs.nlist.idx
-        else:
-            idx = jnp.asarray(self._all_pairs)
+        idx = nbrs.nlist.idx if self.uses_neighbor_list else jnp.asarray(self.all_pairs)
         geom = Geometry(R, cell, jnp.asarray(self._species_s()), idx, self._pad_distance)
-        nb = geom.neighborhood()
-        p = {k: pair_param(v, nb.species, nb.neighbor_species)
-             for k, v in symmetrized(params).items()}
-
-        def phi(r):
-            return self.potential.pair_energy(r, **p)
-
-        def dphi(r):
-            return jax.jvp(phi, (r,), (jnp.ones_like(r),))[1]
-
-        d1, d2 = jax.jvp(dphi, (nb.r,), (jnp.ones_like(nb.r),))
-        b = jnp.where(nb.mask, d1 / nb.r, 0.0)  # transverse stiffness φ'/r
-        a = jnp.where(nb.mask, d2, 0.0) - b  # longitudinal excess φ'' - φ'/r
-        unit = nb.dR / nb.r[..., None]
-        j = jnp.where(nb.mask, nb.idx, 0)
-
-        def matvec(v: Array) -> Array:
-            u = v[:, None, :] - v[j]  # (N, M, d)
-            along = jnp.sum(unit * u, axis=-1)
-            return jnp.sum((a * along)[..., None] * unit + b[..., None] * u, axis=1)
-
-        # the per-atom diagonal blocks H_ii = Σ_m K_im, (N, d, d), without any product
-        eye = jnp.eye(R.shape[-1], dtype=R.dtype)
-        matvec.diagonal_blocks = jnp.einsum("nm,nma,nmb->nab", a, unit, unit) + \
-            jnp.sum(b, axis=1)[:, None, None] * eye
-        return matvec
+        return _pair_hessian_matvec(self.potential, params, geom)
 
     def check_params(self, params: Params) -> None:
         """Raise ``ValueError`` if ``params`` reach beyond the cutoff the model was built for."""
@@ -338,107 +240,22 @@ class EnergyModel:
 
     # ------------------------------------------------------------------ neighbour lists
     def _list_positions(self, R_s: Array, C_s: Array | None) -> Array:
-        if self.periodic:
-            return _wrap(R_s @ jnp.linalg.inv(C_s))
-        return R_s - jnp.asarray(self._origin, R_s.dtype)
+        return self.neighbor_lists.list_positions(R_s, C_s)
 
     def allocate(
         self, R: Array, cell: Array | None, extra_capacity: int = 0
     ) -> Neighbors | None:
         """New neighbour list for ``R``, ``cell`` (host side, not jit-able); None if unused.
 
-        ``extra_capacity`` adds neighbour slots per atom beyond jax-md's
+        ``extra_capacity`` adds neighbour slots per atom beyond the
         ``capacity_multiplier`` margin (for states whose density is still changing).
+        See :meth:`mdsens.md.neighbors.NeighborListManager.allocate`.
         """
         if not self.uses_neighbor_list:
             return None
-        R = jax.lax.stop_gradient(jnp.asarray(R))
-        cell = None if cell is None else jax.lax.stop_gradient(jnp.asarray(cell))
-        R_s, C_s = self.supercell(R, cell)
-        X = self._list_positions(R_s, C_s)
-        if self.periodic:
-            nlist = self._allocate_by_search(X, C_s, extra_capacity)
-            if nlist is None:
-                with _quiet_jax_md():
-                    nlist = self._neighbor_fn.allocate(X, extra_capacity=extra_capacity,
-                                                       box=_nl_box(C_s))
-                nlist = self._stable(nlist)
-                if nlist.cell_list_fn is not None:
-                    self._search_template["list"] = nlist
-            images = None
-            if not bool(self._too_narrow_for_images(C_s)):
-                images = _image_slots_jit(X, C_s, R_s, nlist.idx)
-            return Neighbors(nlist, C_s, images)
-        with _quiet_jax_md():
-            nlist = self._neighbor_fn.allocate(X, extra_capacity=extra_capacity)
-            nlist = self._stable(nlist)
-        return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype))
-
-    def _too_narrow_for_images(self, C_s: Array) -> Array:
-        """True (``bool`` scalar array; jit-able) if a list in cell ``C_s`` may not carry
-        :attr:`Neighbors.images`. Images need every perpendicular width at least
-        ``2 reach``: then at most one image of an atom is within ``reach`` of another, and
-        the image nearest at the rebuild is the one that can come within the cutoff before
-        the next rebuild."""
-        return jnp.any(_cell_search.perpendicular_widths(C_s)
-                       < 2.0 * (self.cutoff + self.skin))
-
-    def _allocate_by_search(
-        self, X: Array, C_s: Array, extra_capacity: int
-    ) -> partition.NeighborList | None:
-        """A new list by the jitted :func:`~mdsens.md._cell_search.dense_search`, reusing
-        the static layout (cell grid, cell capacity) of an earlier jax-md allocation.
-
-        Same neighbour sets and the same capacity rule as jax-md's ``allocate``
-        (``max occupancy × capacity_multiplier + extra_capacity``), ≈ 5× faster; None when
-        there is no earlier allocation or the box needs another grid (jax-md then allocates
-        afresh). A grid cell with more atoms than the cell capacity raises the capacity by
-        jax-md's rule.
-        """
-        template = self._search_template.get("list")
-        if template is None:
-            return None
-        reach = self.cutoff + self.skin
-        grid = _cell_search.grid_shape(template.cell_size, self.dim)
-        widths = _cell_search.perpendicular_widths(np.asarray(C_s))
-        n_min = math.floor(float(np.min(widths)) / reach)
-        if any(g != n_min for g in grid):
-            return None
-        Xn = np.asarray(X)
-        cells = np.clip(np.floor(Xn * np.array(grid)).astype(np.int64), 0, np.array(grid) - 1)
-        occupancy = np.bincount(np.ravel_multi_index(cells.T, grid), minlength=math.prod(grid))
-        capacity = template.cell_list_capacity
-        if occupancy.max() > capacity:  # jax-md's rule for a new cell capacity
-            capacity = int(occupancy.max() * self.capacity_multiplier)
-            template = template.set(cell_list_capacity=capacity)
-            self._search_template["list"] = template
-        n = Xn.shape[0]
-        most = int(_max_neighbors(X, C_s, grid, capacity, reach))
-        width = min(int(most * self.capacity_multiplier + extra_capacity), n - 1)
-        idx, _, _, _ = _dense_search(X, C_s, grid, capacity, width, reach)
-        error = partition.PartitionError(jnp.zeros((), jnp.uint8))
-        return template.set(idx=idx, reference_position=X, error=error, max_occupancy=width)
-
-    def _stable(self, nlist: partition.NeighborList) -> partition.NeighborList:
-        """Reuse one cell-list function per (capacity, box) across allocations, and keep
-        the cell size as a Python float.
-
-        jax-md puts a fresh ``cell_list_fn`` closure into every allocated list as a static
-        field; two lists for the same system would then never share compiled code. An
-        equivalent closure is cached on the model and swapped in.
-        """
-        if nlist.cell_size is not None and np.ndim(nlist.cell_size) == 0 \
-                and not isinstance(nlist.cell_size, float):
-            # a static field compared at every jit call: a Python float compares for free,
-            # a jax scalar needs an eager program (compiled once per process)
-            nlist = nlist.set(cell_size=float(nlist.cell_size))
-        fn = nlist.cell_list_fn
-        if fn is None:
-            return nlist
-        key = (nlist.cell_list_capacity, nlist.max_occupancy,
-               np.asarray(nlist.cell_size).tobytes())
-        cached = self._cell_list_fns.setdefault(key, fn)
-        return nlist if cached is fn else nlist.set(cell_list_fn=cached)
+        cell = None if cell is None else jnp.asarray(cell)
+        R_s, C_s = self.supercell(jnp.asarray(R), cell)
+        return self.neighbor_lists.allocate(R_s, C_s, extra_capacity)
 
     def update(self, R: Array, cell: Array | None, nbrs: Neighbors | None,
                force: Any = False) -> Neighbors | None:
@@ -446,93 +263,27 @@ class EnergyModel:
 
         Rebuilds when a pair outside the list could have come within the cutoff
         (:meth:`needs_rebuild`) or when ``force`` (a bool or bool scalar array: the list's
-        reference point is not to be trusted); otherwise returns ``nbrs``. Periodic lists
-        with a cell grid are rebuilt by :func:`mdsens.md._cell_search.dense_search`, others
-        by jax-md. Check :meth:`overflowed` afterwards.
+        reference point is not to be trusted); otherwise returns ``nbrs``. Check
+        :meth:`overflowed` afterwards. None when ``nbrs`` is None. See
+        :meth:`mdsens.md.neighbors.NeighborListManager.update`.
         """
         if nbrs is None:
             return None
-        R = jax.lax.stop_gradient(R)
-        cell = None if cell is None else jax.lax.stop_gradient(cell)
         R_s, C_s = self.supercell(R, cell)
-        X = self._list_positions(R_s, C_s)
-        rebuild = self._needs_rebuild(X, C_s, nbrs) | jnp.asarray(force)
-        kw = {"box": _nl_box(C_s)} if self.periodic else {}
-        old = nbrs.nlist
-        with_images = nbrs.images is not None
-        if self.periodic and old.cell_list_fn is not None:
-            def search():
-                grid = _cell_search.grid_shape(old.cell_size, self.dim)
-                idx, list_over, cell_over, too_small, *slots = _cell_search.dense_search(
-                    X, C_s, grid, old.cell_list_capacity, old.idx.shape[-1],
-                    self.cutoff + self.skin, images=with_images)
-                err = old.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, list_over)
-                err = err.update(_PEC.CELL_LIST_OVERFLOW, cell_over)
-                err = err.update(_PEC.CELL_SIZE_TOO_SMALL, too_small)
-                new = old.set(idx=idx, reference_position=X, error=err)
-                return new, (slots[0] if with_images else None)
-        else:
-            def search():
-                with _quiet_jax_md():
-                    new = old.update(X, **kw)
-                return new, (_image_slots(X, C_s, R_s, new.idx) if with_images else None)
-        if not with_images:
-            nlist = jax.lax.cond(rebuild, lambda: search()[0], lambda: old)
-            images = None
-        else:
-            def search_with_images():
-                new, slots = search()
-                # a cell too narrow for images flags the list for reallocation (allocate
-                # then gives one without images)
-                narrow = self._too_narrow_for_images(C_s)
-                return new.set(error=new.error.update(_PEC.CELL_SIZE_TOO_SMALL, narrow)), slots
-
-            nlist, images = jax.lax.cond(rebuild, search_with_images,
-                                         lambda: (old, nbrs.images))
-        ref_cell = (jnp.where(rebuild, C_s, nbrs.reference_cell) if self.periodic
-                    else nbrs.reference_cell)
-        return Neighbors(nlist, ref_cell, images)
+        return self.neighbor_lists.update(R_s, C_s, nbrs, force)
 
     def needs_rebuild(self, R: Array, cell: Array | None, nbrs: Neighbors) -> Array:
         """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``
-        for positions ``R`` and ``cell``; see :meth:`_needs_rebuild` for the rule."""
-        R_s, C_s = self.supercell(jax.lax.stop_gradient(R),
-                                  None if cell is None else jax.lax.stop_gradient(cell))
-        return self._needs_rebuild(self._list_positions(R_s, C_s), C_s, nbrs)
-
-    def _needs_rebuild(self, X: Array, C_s: Array | None, nbrs: Neighbors) -> Array:
-        r"""True if a pair beyond ``reach = cutoff + skin`` at the last build may now be
-        within the cutoff.
-
-        With fractional displacements :math:`\Delta s_i` since the build, current cell C
-        and build cell :math:`C_0`, a pair's vector is :math:`d = d_0 + d_0 C_0^{-1}(C -
-        C_0) + (\Delta s_j - \Delta s_i) C`, so :math:`|d| \ge |d_0|(1 - e) - 2u` with
-        :math:`e = \lVert C_0^{-1}(C - C_0)\rVert_F` and :math:`u = \max_i |\Delta s_i C|`.
-        Pairs with :math:`|d_0| > r_\mathrm{reach}` stay beyond the cutoff while
-        :math:`2u + r_\mathrm{reach}\, e \le \mathrm{skin}`; at fixed cell that is the
-        usual "an atom moved more than skin/2". Free systems: :math:`e = 0`.
-        """
-        ref = nbrs.nlist.reference_position
-        dX = X - ref
-        if self.periodic:
-            dX = (dX - jnp.round(dX)) @ C_s
-            C0 = nbrs.reference_cell
-            e = jnp.sqrt(jnp.sum(jnp.linalg.solve(C0, C_s - C0) ** 2))
-        else:
-            e = jnp.zeros((), X.dtype)
-        u = jnp.sqrt(jnp.max(jnp.sum(dX * dX, axis=-1)))
-        return 2.0 * u + (self.cutoff + self.skin) * e > self.skin
+        for positions ``R`` and ``cell``: an atom of the internal cell moved more than
+        skin/2, or the cell changed as much
+        (:meth:`mdsens.md.neighbors.NeighborListManager.needs_rebuild`)."""
+        R_s, C_s = self.supercell(R, cell)
+        return self.neighbor_lists.needs_rebuild(R_s, C_s, nbrs)
 
     def overflowed(self, nbrs: Neighbors | None) -> Array:
-        """True if the list must be reallocated (``bool`` scalar array; jit-able).
-
-        Tests jax-md's buffer-overflow bits (neighbour and cell list) and the cell-size bit
-        (the cell shrank so that cell-list cells are smaller than the cutoff), never the
-        malformed-box bit (jax-md sets it spuriously).
-        """
-        if nbrs is None:
-            return jnp.asarray(False)
-        return (nbrs.nlist.error.code & _OVERFLOW_BITS) != 0
+        """True if the list must be reallocated (``bool`` scalar array; jit-able); False
+        for None (:meth:`mdsens.md.neighbors.NeighborListManager.overflowed`)."""
+        return NeighborListManager.overflowed(nbrs)
 
 
 # ----------------------------------------------------------------------------- build
@@ -606,13 +357,17 @@ def build(
         )
     else:
         use_nl = bool(neighbor_list)
-    kw: dict[str, Any] = {}
+    lists, all_pairs = None, None
     if use_nl:
-        kw.update(_neighbor_setup(system, replicas, reach, capacity_multiplier))
+        C_s = None
+        if system.is_periodic:
+            C_s = np.array(replicas, float)[:, None] * np.asarray(system.cell, np.float64)
+        lists = NeighborListManager.create(system.positions, C_s, cutoff, float(skin),
+                                           capacity_multiplier)
     elif potential.uses_neighborhood:
-        idx = np.broadcast_to(np.arange(n_internal, dtype=np.int32), (n_internal,) * 2).copy()
-        np.fill_diagonal(idx, n_internal)
-        kw["_all_pairs"] = idx
+        all_pairs = np.broadcast_to(np.arange(n_internal, dtype=np.int32),
+                                    (n_internal,) * 2).copy()
+        np.fill_diagonal(all_pairs, n_internal)
     return EnergyModel(
         potential=potential,
         n_atoms=system.n_atoms,
@@ -622,34 +377,8 @@ def build(
         replicas=replicas,
         cutoff=cutoff,
         skin=float(skin),
-        uses_neighbor_list=use_nl,
         capacity_multiplier=float(capacity_multiplier),
         mesh=mesh_for(n_internal, devices) if use_nl else None,
-        **kw,
+        neighbor_lists=lists,
+        all_pairs=all_pairs,
     )
-
-
-def _neighbor_setup(
-    system: System, replicas: tuple[int, ...], reach: float, capacity_multiplier: float
-) -> dict[str, Any]:
-    R = np.asarray(system.positions, np.float64)
-    if system.is_periodic:
-        C_s = np.array(replicas, float)[:, None] * np.asarray(system.cell, np.float64)
-        box0 = np.linalg.cholesky(C_s @ C_s.T).T
-        displacement, _ = space.periodic_general(jnp.asarray(box0), fractional_coordinates=True)
-        fn = partition.neighbor_list(
-            displacement, jnp.asarray(box0), reach, dr_threshold=0.0,
-            capacity_multiplier=capacity_multiplier, fractional_coordinates=True,
-            format=partition.NeighborListFormat.Dense,
-        )
-        return {"_neighbor_fn": fn}
-    lo, hi = R.min(axis=0), R.max(axis=0)
-    origin = lo - reach
-    box = (hi - lo) + 2.0 * reach
-    displacement, _ = space.free()
-    fn = partition.neighbor_list(
-        displacement, jnp.asarray(box), reach, dr_threshold=0.0,
-        capacity_multiplier=capacity_multiplier, fractional_coordinates=False,
-        format=partition.NeighborListFormat.Dense,
-    )
-    return {"_neighbor_fn": fn, "_origin": origin}

@@ -1,0 +1,419 @@
+r"""Neighbour lists for one cell layout: allocation, update, rebuild rule, overflow.
+
+A :class:`NeighborListManager` lists, for every atom of a set of positions (the
+:class:`~mdsens.md.model.EnergyModel`'s internal (super)cell), the atoms within
+``reach = cutoff + skin``::
+
+    manager = NeighborListManager.create(R, C, cutoff, skin)   # C None: a free system
+    nbrs = manager.allocate(R, C)                  # host side (not jit-able)
+    nbrs = manager.update(R, C, nbrs)              # jit-able; rebuilds when needed
+    if manager.overflowed(nbrs): nbrs = manager.allocate(R, C)
+
+Math and conventions
+--------------------
+* ``R``: ``(n, d)`` Cartesian positions (Å); ``C``: ``(d, d)``, rows are lattice vectors.
+  Inputs are taken under ``jax.lax.stop_gradient``: a list is integer data.
+* Lists are jax-md dense lists (full: i->j and j->i), padded with ``n``. Periodic lists
+  are built on fractional positions :math:`X = R C^{-1} - \lfloor\cdot\rfloor` in the
+  upper-triangular box with the metric of C (:func:`_nl_box`); free ones on Cartesian
+  positions shifted by ``origin`` into the box that :meth:`NeighborListManager.create`
+  saw, enlarged by ``reach`` on every side (positions outside it are still handled:
+  cells wrap, pairs are pruned by true distance).
+* Rebuild rule (:meth:`NeighborListManager.needs_rebuild`): a pair beyond ``reach`` at
+  the last build may now be within the cutoff iff
+  :math:`2u + r_\mathrm{reach}\,e > \mathrm{skin}`, with u the largest atom displacement
+  and :math:`e = \lVert C_0^{-1}(C - C_0)\rVert_F` the cell change since the build; at
+  fixed cell: an atom moved more than skin/2.
+* Capacity (slots per atom) is fixed at allocation, ``max count × capacity_multiplier +
+  extra_capacity``; an update that needs more sets an overflow bit
+  (:meth:`NeighborListManager.overflowed`) and the caller allocates again.
+
+State
+-----
+The manager is immutable and hashed by identity (it may sit inside a static jit argument).
+Its only mutable part is a :class:`NeighborCache`, created with it and owned by it, that
+remembers host-side set-up between allocations so that lists of one layout share compiled
+code: one cell-list function per (capacity, box) and the last jax-md allocation, whose
+static grid lets later allocations use the faster jitted search. The cache changes no
+result, only which path computes it; it is touched by :meth:`~NeighborListManager.allocate`
+alone (host side), never inside a trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _cell_search
+from ._jaxmd import partition, space
+from .geometry import fractional_near, image_index
+
+Array = jax.Array
+
+__all__ = ["NeighborCache", "NeighborListManager", "Neighbors"]
+
+_PEC = partition.PartitionErrorCode
+_OVERFLOW_BITS = int(
+    partition.PartitionErrorCode.NEIGHBOR_LIST_OVERFLOW
+    | partition.PartitionErrorCode.CELL_LIST_OVERFLOW
+    | partition.PartitionErrorCode.CELL_SIZE_TOO_SMALL
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Neighbors:
+    """Neighbour-list state (a pytree; treat as opaque).
+
+    Attributes:
+      nlist: jax-md dense ``NeighborList`` over the internal (super)cell; fractional
+        positions for periodic systems, shifted Cartesian positions for free ones.
+      reference_cell: ``(d, d)`` internal cell at the last rebuild (zeros when free).
+      images: ``(N, M)`` int32 or None. For a periodic list whose cell was at least
+        ``2 reach`` wide at the last rebuild: slot ``(i, m)`` as ``j + N t``, where t
+        numbers the periodic image of neighbour j nearest to i at the rebuild (one of the
+        3^d cells around the reference cell, listed by ``mdsens.md.geometry.image_shifts``);
+        padding is ``N 3^d``. Pair forces then read displacements from the images of the
+        atoms instead of taking the minimum image of every pair at every step.
+    """
+
+    nlist: partition.NeighborList
+    reference_cell: Array
+    images: Array | None = None
+
+
+jax.tree_util.register_dataclass(
+    Neighbors, data_fields=["nlist", "reference_cell", "images"], meta_fields=[]
+)
+
+
+def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
+    r""":attr:`Neighbors.images` for the list ``idx`` built at fractional positions ``X``.
+
+    With :math:`S` the fractional positions made continuous around ``X``
+    (:func:`~mdsens.md.geometry.fractional_near`, as the energy takes them at every
+    step), neighbour j's image nearest to i is :math:`S_j + n` with
+    :math:`n = -\mathrm{round}(S_j - S_i)`.
+    """
+    n, d = X.shape
+    S = fractional_near(R_s, C_s, X)
+    mask = idx < n
+    j = jnp.where(mask, idx, 0)
+    shift = -jnp.round(S[j] - S[:, None, :]).astype(jnp.int32)  # (N, M, d)
+    code = image_index(jnp.clip(shift, -1, 1))
+    return jnp.where(mask, j + n * code, n * 3**d).astype(jnp.int32)
+
+
+def _nl_box(cell: Array) -> Array:
+    r"""Upper-triangular jax-md box with the metric of ``cell``: :math:`L^T`, :math:`LL^T = CC^T`.
+
+    Fractional coordinates and distances are unchanged (a rotation), and jax-md's cell
+    list needs an upper-triangular box.
+    """
+    cell = jax.lax.stop_gradient(cell)
+    return jnp.linalg.cholesky(cell @ cell.T).T
+
+
+@contextlib.contextmanager
+def _quiet_jax_md():
+    """Silence jax-md's int64 -> int32 scatter FutureWarning (its code, harmless here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="scatter inputs have incompatible types")
+        yield
+
+
+_dense_search = jax.jit(_cell_search.dense_search, static_argnums=(2, 3, 4, 5))
+_image_slots_jit = jax.jit(_image_slots)
+_max_neighbors = jax.jit(_cell_search.max_neighbors, static_argnums=(2, 3, 4))
+
+
+def _wrap(S: Array) -> Array:
+    return S - jnp.floor(S)
+
+
+def _stop(R: Array, C: Array | None) -> tuple[Array, Array | None]:
+    R = jax.lax.stop_gradient(jnp.asarray(R))
+    return R, (None if C is None else jax.lax.stop_gradient(jnp.asarray(C)))
+
+
+@dataclasses.dataclass
+class NeighborCache:
+    """Host-side memo of one :class:`NeighborListManager` (see the module docstring).
+
+    Attributes:
+      cell_list_fns: one jax-md cell-list function per key ``(cell capacity, list width,
+        cell size bytes)``. jax-md puts a fresh closure into every allocated list as a
+        static field; swapping in the first equal one lets lists of one layout share
+        compiled code.
+      search_template: the last periodic list allocated by jax-md with a cell grid (its
+        static fields: grid cell size and capacity, cell-list function), or None. Later
+        periodic allocations on the same grid run the jitted search instead; a grid cell
+        found fuller than its capacity raises the template's capacity (jax-md's rule).
+    """
+
+    cell_list_fns: dict[Hashable, Callable] = dataclasses.field(default_factory=dict)
+    search_template: partition.NeighborList | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NeighborListManager:
+    """Neighbour lists of one layout (module docstring). Build with :meth:`create`.
+
+    Hashed and compared by identity, like the model that owns it.
+
+    Attributes:
+      periodic: lists with periodic boundaries (else free).
+      dim: spatial dimension d.
+      cutoff, skin: interaction range and list margin, Å; pairs are listed within
+        ``reach = cutoff + skin``.
+      capacity_multiplier: spare neighbour slots at allocation (jax-md's factor).
+      neighbor_fn: the jax-md ``NeighborListFns`` (dense format; ``dr_threshold`` 0: the
+        rebuild rule is this class's).
+      origin: ``(d,)`` free systems only: the lower corner of the list's box, Å.
+      cache: the :class:`NeighborCache` this manager owns.
+    """
+
+    periodic: bool
+    dim: int
+    cutoff: float
+    skin: float
+    capacity_multiplier: float
+    neighbor_fn: Any
+    origin: np.ndarray | None = None
+    cache: NeighborCache = dataclasses.field(default_factory=NeighborCache, repr=False)
+
+    @property
+    def reach(self) -> float:
+        """Listing radius ``cutoff + skin``, Å."""
+        return self.cutoff + self.skin
+
+    @classmethod
+    def create(
+        cls, positions: Any, cell: Any, cutoff: float, skin: float,
+        capacity_multiplier: float = 1.25,
+    ) -> NeighborListManager:
+        """A manager for ``positions`` ``(n, d)`` in ``cell`` ``(d, d)`` (None: free).
+
+        Only the box is taken from the arguments: the cell's metric for a periodic list
+        (a later cell may differ), the bounding box of ``positions`` enlarged by ``reach``
+        for a free one.
+
+        Raises:
+          ValueError: ``cutoff`` not positive or ``skin`` negative.
+        """
+        cutoff, skin, mult = float(cutoff), float(skin), float(capacity_multiplier)
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be > 0, got {cutoff}")
+        if not skin >= 0:
+            raise ValueError(f"skin must be >= 0, got {skin}")
+        R = np.asarray(positions, np.float64)
+        reach = cutoff + skin
+        common = dict(dr_threshold=0.0, capacity_multiplier=mult,
+                      format=partition.NeighborListFormat.Dense)
+        if cell is not None:
+            C = np.asarray(cell, np.float64)
+            box0 = np.linalg.cholesky(C @ C.T).T
+            displacement, _ = space.periodic_general(jnp.asarray(box0),
+                                                     fractional_coordinates=True)
+            fn = partition.neighbor_list(displacement, jnp.asarray(box0), reach,
+                                         fractional_coordinates=True, **common)
+            return cls(True, R.shape[-1], cutoff, skin, mult, fn)
+        lo, hi = R.min(axis=0), R.max(axis=0)
+        displacement, _ = space.free()
+        fn = partition.neighbor_list(displacement, jnp.asarray((hi - lo) + 2.0 * reach),
+                                     reach, fractional_coordinates=False, **common)
+        return cls(False, R.shape[-1], cutoff, skin, mult, fn, origin=lo - reach)
+
+    # ------------------------------------------------------------------ positions
+    def list_positions(self, R: Array, C: Array | None) -> Array:
+        """The positions the list is built on: fractional in [0, 1) (periodic) or
+        Cartesian minus ``origin`` (free), ``(n, d)``."""
+        if self.periodic:
+            return _wrap(R @ jnp.linalg.inv(C))
+        return R - jnp.asarray(self.origin, R.dtype)
+
+    # ------------------------------------------------------------------ allocation
+    def allocate(self, R: Array, C: Array | None, extra_capacity: int = 0) -> Neighbors:
+        """A new list for ``R``, ``C`` (host side, not jit-able).
+
+        ``extra_capacity`` adds neighbour slots per atom beyond the
+        ``capacity_multiplier`` margin (for states whose density is still changing).
+        Periodic lists carry :attr:`Neighbors.images` when every perpendicular width of
+        ``C`` is at least ``2 reach``.
+        """
+        R, C = _stop(R, C)
+        X = self.list_positions(R, C)
+        if self.periodic:
+            nlist = self._allocate_by_search(X, C, extra_capacity)
+            if nlist is None:
+                with _quiet_jax_md():
+                    nlist = self.neighbor_fn.allocate(X, extra_capacity=extra_capacity,
+                                                      box=_nl_box(C))
+                nlist = self._stable(nlist)
+                if nlist.cell_list_fn is not None:
+                    self.cache.search_template = nlist
+            images = None
+            if not bool(self._too_narrow_for_images(C)):
+                images = _image_slots_jit(X, C, R, nlist.idx)
+            return Neighbors(nlist, C, images)
+        with _quiet_jax_md():
+            nlist = self.neighbor_fn.allocate(X, extra_capacity=extra_capacity)
+            nlist = self._stable(nlist)
+        return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype))
+
+    def _too_narrow_for_images(self, C: Array) -> Array:
+        """True (``bool`` scalar array; jit-able) if a list in cell ``C`` may not carry
+        :attr:`Neighbors.images`. Images need every perpendicular width at least
+        ``2 reach``: then at most one image of an atom is within ``reach`` of another, and
+        the image nearest at the rebuild is the one that can come within the cutoff before
+        the next rebuild."""
+        return jnp.any(_cell_search.perpendicular_widths(C) < 2.0 * self.reach)
+
+    def _allocate_by_search(
+        self, X: Array, C: Array, extra_capacity: int
+    ) -> partition.NeighborList | None:
+        """A new list by the jitted :func:`~mdsens.md._cell_search.dense_search`, reusing
+        the static layout (cell grid, cell capacity) of the cached jax-md allocation.
+
+        Same neighbour sets and the same capacity rule as jax-md's ``allocate``
+        (``max occupancy × capacity_multiplier + extra_capacity``), ≈ 5× faster; None when
+        there is no earlier allocation or the box needs another grid (jax-md then allocates
+        afresh). A grid cell with more atoms than the cell capacity raises the capacity by
+        jax-md's rule.
+        """
+        template = self.cache.search_template
+        if template is None:
+            return None
+        grid = _cell_search.grid_shape(template.cell_size, self.dim)
+        widths = _cell_search.perpendicular_widths(np.asarray(C))
+        n_min = math.floor(float(np.min(widths)) / self.reach)
+        if any(g != n_min for g in grid):
+            return None
+        Xn = np.asarray(X)
+        cells = np.clip(np.floor(Xn * np.array(grid)).astype(np.int64), 0, np.array(grid) - 1)
+        occupancy = np.bincount(np.ravel_multi_index(cells.T, grid), minlength=math.prod(grid))
+        capacity = template.cell_list_capacity
+        if occupancy.max() > capacity:  # jax-md's rule for a new cell capacity
+            capacity = int(occupancy.max() * self.capacity_multiplier)
+            template = template.set(cell_list_capacity=capacity)
+            self.cache.search_template = template
+        n = Xn.shape[0]
+        most = int(_max_neighbors(X, C, grid, capacity, self.reach))
+        width = min(int(most * self.capacity_multiplier + extra_capacity), n - 1)
+        idx, _, _, _ = _dense_search(X, C, grid, capacity, width, self.reach)
+        error = partition.PartitionError(jnp.zeros((), jnp.uint8))
+        return template.set(idx=idx, reference_position=X, error=error, max_occupancy=width)
+
+    def _stable(self, nlist: partition.NeighborList) -> partition.NeighborList:
+        """``nlist`` with the cached cell-list function for its key (see
+        :attr:`NeighborCache.cell_list_fns`) and its cell size as a Python float."""
+        if nlist.cell_size is not None and np.ndim(nlist.cell_size) == 0 \
+                and not isinstance(nlist.cell_size, float):
+            # a static field compared at every jit call: a Python float compares for free,
+            # a jax scalar needs an eager program (compiled once per process)
+            nlist = nlist.set(cell_size=float(nlist.cell_size))
+        fn = nlist.cell_list_fn
+        if fn is None:
+            return nlist
+        key = (nlist.cell_list_capacity, nlist.max_occupancy,
+               np.asarray(nlist.cell_size).tobytes())
+        cached = self.cache.cell_list_fns.setdefault(key, fn)
+        return nlist if cached is fn else nlist.set(cell_list_fn=cached)
+
+    # ------------------------------------------------------------------ update
+    def update(self, R: Array, C: Array | None, nbrs: Neighbors, force: Any = False
+               ) -> Neighbors:
+        r"""The list for new positions and cell (jit-able; keeps the capacity).
+
+        Rebuilds when a pair outside the list could have come within the cutoff
+        (:meth:`needs_rebuild`) or when ``force`` (a bool or bool scalar array: the list's
+        reference point is not to be trusted); otherwise returns ``nbrs``. Periodic lists
+        with a cell grid are rebuilt by :func:`mdsens.md._cell_search.dense_search`, others
+        by jax-md. Check :meth:`overflowed` afterwards.
+        """
+        R, C = _stop(R, C)
+        X = self.list_positions(R, C)
+        rebuild = self._needs_rebuild(X, C, nbrs) | jnp.asarray(force)
+        kw = {"box": _nl_box(C)} if self.periodic else {}
+        old = nbrs.nlist
+        with_images = nbrs.images is not None
+        if self.periodic and old.cell_list_fn is not None:
+            def search():
+                grid = _cell_search.grid_shape(old.cell_size, self.dim)
+                idx, list_over, cell_over, too_small, *slots = _cell_search.dense_search(
+                    X, C, grid, old.cell_list_capacity, old.idx.shape[-1],
+                    self.reach, images=with_images)
+                err = old.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, list_over)
+                err = err.update(_PEC.CELL_LIST_OVERFLOW, cell_over)
+                err = err.update(_PEC.CELL_SIZE_TOO_SMALL, too_small)
+                new = old.set(idx=idx, reference_position=X, error=err)
+                return new, (slots[0] if with_images else None)
+        else:
+            def search():
+                with _quiet_jax_md():
+                    new = old.update(X, **kw)
+                return new, (_image_slots(X, C, R, new.idx) if with_images else None)
+        if not with_images:
+            nlist = jax.lax.cond(rebuild, lambda: search()[0], lambda: old)
+            images = None
+        else:
+            def search_with_images():
+                new, slots = search()
+                # a cell too narrow for images flags the list for reallocation (allocate
+                # then gives one without images)
+                narrow = self._too_narrow_for_images(C)
+                return new.set(error=new.error.update(_PEC.CELL_SIZE_TOO_SMALL, narrow)), slots
+
+            nlist, images = jax.lax.cond(rebuild, search_with_images,
+                                         lambda: (old, nbrs.images))
+        ref_cell = (jnp.where(rebuild, C, nbrs.reference_cell) if self.periodic
+                    else nbrs.reference_cell)
+        return Neighbors(nlist, ref_cell, images)
+
+    def needs_rebuild(self, R: Array, C: Array | None, nbrs: Neighbors) -> Array:
+        """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``
+        for positions ``R`` and cell ``C``; see :meth:`_needs_rebuild` for the rule."""
+        R, C = _stop(R, C)
+        return self._needs_rebuild(self.list_positions(R, C), C, nbrs)
+
+    def _needs_rebuild(self, X: Array, C: Array | None, nbrs: Neighbors) -> Array:
+        r"""True if a pair beyond ``reach = cutoff + skin`` at the last build may now be
+        within the cutoff.
+
+        With fractional displacements :math:`\Delta s_i` since the build, current cell C
+        and build cell :math:`C_0`, a pair's vector is :math:`d = d_0 + d_0 C_0^{-1}(C -
+        C_0) + (\Delta s_j - \Delta s_i) C`, so :math:`|d| \ge |d_0|(1 - e) - 2u` with
+        :math:`e = \lVert C_0^{-1}(C - C_0)\rVert_F` and :math:`u = \max_i |\Delta s_i C|`.
+        Pairs with :math:`|d_0| > r_\mathrm{reach}` stay beyond the cutoff while
+        :math:`2u + r_\mathrm{reach}\, e \le \mathrm{skin}`; at fixed cell that is the
+        usual "an atom moved more than skin/2". Free systems: :math:`e = 0`.
+        """
+        ref = nbrs.nlist.reference_position
+        dX = X - ref
+        if self.periodic:
+            dX = (dX - jnp.round(dX)) @ C
+            C0 = nbrs.reference_cell
+            e = jnp.sqrt(jnp.sum(jnp.linalg.solve(C0, C - C0) ** 2))
+        else:
+            e = jnp.zeros((), X.dtype)
+        u = jnp.sqrt(jnp.max(jnp.sum(dX * dX, axis=-1)))
+        return 2.0 * u + self.reach * e > self.skin
+
+    @staticmethod
+    def overflowed(nbrs: Neighbors | None) -> Array:
+        """True if the list must be reallocated (``bool`` scalar array; jit-able).
+
+        Tests jax-md's buffer-overflow bits (neighbour and cell list) and the cell-size bit
+        (the cell shrank so that cell-list cells are smaller than the cutoff), never the
+        malformed-box bit (jax-md sets it spuriously).
+        """
+        if nbrs is None:
+            return jnp.asarray(False)
+        return (nbrs.nlist.error.code & _OVERFLOW_BITS) != 0
