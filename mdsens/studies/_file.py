@@ -279,10 +279,20 @@ def is_study(path: str | os.PathLike) -> bool:
         return False
 
 
+def _only_done(array: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """``array`` (points first) with the rows of points not marked done set to NaN."""
+    if not np.issubdtype(array.dtype, np.floating) or array.shape[:1] != done.shape:
+        return array
+    out = np.array(array, copy=True)
+    out[~done.astype(bool)] = np.nan
+    return out
+
+
 def read(path: str | os.PathLike) -> StudyResult:
     """Read a study file (complete or not, also while another process writes it) into a
     :class:`StudyResult`. ``done`` is read first: every point it marks is complete in the
-    arrays read after it."""
+    arrays read after it; the values and derivatives of every other point are NaN (a point
+    whose writer was stopped after its data but before its mark is not a result)."""
     from ..io.hdf5 import unit_of
 
     if not is_study(path):
@@ -295,6 +305,8 @@ def read(path: str | os.PathLike) -> StudyResult:
         units = {k: unit_of(v) for k, v in f["observables"].items()}
         derivs = {k: {p: d[()] for p, d in g.items()} for k, g in f["sensitivity"].items()}
         parameters = {k: f["parameters"][k][()] for k, _ in definition["sweep"]}
+        values = {k: _only_done(v, done) for k, v in values.items()}
+        derivs = {k: {p: _only_done(d, done) for p, d in g.items()} for k, g in derivs.items()}
         return StudyResult(
             path=Path(path),
             parameters=parameters,
