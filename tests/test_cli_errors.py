@@ -217,6 +217,14 @@ def test_solver_choices_are_the_library_solvers():
 # ----------------------------------------------------------------------------- Ctrl-C
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """In the child before exec: SIGINT delivered and handled by default, as in a shell. A
+    test worker process may ignore or block SIGINT, and a child inherits both (then Python
+    never raises KeyboardInterrupt and the command runs on)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_exits_130_without_a_file(tmp_path):
     """SIGINT during the relaxation: the line ``interrupted``, exit 130, no output file (a
     relaxation that would run for hours: --fmax 1e-30)."""
@@ -224,7 +232,8 @@ def test_ctrl_c_exits_130_without_a_file(tmp_path):
     args = [sys.executable, "-m", "mdsens.cli", *_sens(ARGON), "--fmax", "1e-30",
             "--max-steps", "100000000", "-v", "-o", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=_sigint_as_at_a_terminal)
     lines = []
     try:
         for line in proc.stderr:  # -v logs each stage when it ends

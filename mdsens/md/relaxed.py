@@ -58,6 +58,7 @@ packings.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ..implicit import custom_root
 from ..implicit.policy import Policy, check_policy
 from . import _relax_loop as _loop
 from . import zero_modes
@@ -369,10 +371,8 @@ class RelaxedStateFunction:
         if self._elastic:
             fixed = make_solver(d.solver, d.tol, d.maxiter, modes, None)
 
-            def implicit(F):
-                from ..implicit import custom_root
-                return custom_root(F, solve=fixed, symmetric=True, on_failure=policy)
-
+            implicit = functools.partial(custom_root, solve=fixed, symmetric=True,
+                                         on_failure=policy)
             elastic = relaxed_stiffness(problem, th, Rx, C, implicit)
         return RelaxedState(Rx, C, energy, stress, elastic, status, steps, fmax)
 
