@@ -307,10 +307,8 @@ def _relaxation(system: System, state: Any, ctx: _loop.Context, options: RelaxOp
         nbrs = model.allocate(R, cell)
     energy = state.aux.energy
     if relax_cell and status is Status.CONVERGED and start_energy != 0 and \
-            abs(float(energy)) <= 1e-12 * float(ctx.energy_scale):
-        # a "minimum" of the enthalpy where nothing interacts any more: the cell ran away
-        # (at fixed cell an energy of 0 is a real minimum, e.g. an unjammed packing)
-        status = Status.CELL_DIVERGED
+            bool(_loop.interactions_vanished(energy, ctx)):
+        status = Status.CELL_DIVERGED  # a "minimum" where nothing interacts: a runaway cell
     return Relaxation(
         system=system.replace(positions=R, cell=cell),
         energy=energy,

@@ -337,7 +337,7 @@ class RelaxedStateFunction:
         fmax, _ = _loop.residuals(state.aux, ctx)
         converged = _loop.is_converged(state.aux, ctx)
         runaway = (relax_cell and self._start_energy != 0.0) & \
-            (jnp.abs(state.aux.energy) <= 1e-12 * ctx.energy_scale)
+            _loop.interactions_vanished(state.aux.energy, ctx)
         status = _status(flags, converged, runaway)
         return R, cell, nbrs, status, carry.step, fmax
 
