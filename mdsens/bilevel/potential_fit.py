@@ -64,7 +64,6 @@ the ratio a/σ changes (Morse α); LJ's exact scaling (a ∝ σ) never crosses a
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -74,7 +73,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..implicit import custom_root
 from ..md import observables as obs_mod
 from ..md import zero_modes
 from ..md.elastic import relaxed_stiffness
@@ -237,8 +235,6 @@ class _CompiledEngine:
                       if relax_cell else R_star)
 
             context = obs_mod.Context(model, nbrs, R_star)
-            implicit = functools.partial(custom_root, solve=solve_fixed, symmetric=True,
-                                         on_failure="ignore")
 
             def raw(th):
                 x = implicit_root(problem, x_star, th, solve)  # the relaxation's root
@@ -247,7 +243,7 @@ class _CompiledEngine:
                        for name in ("lattice_parameters", "energy_per_atom", "volume")}
                 if need_elastic:
                     # C = dσ/dη through the fixed-cell relaxation of positions at cell C
-                    out["elastic_constants"] = relaxed_stiffness(problem, th, R, C, implicit)
+                    out["elastic_constants"] = relaxed_stiffness(problem, th, R, C, solve_fixed)
                 return out
 
             return raw(theta), jax.jacfwd(raw)(theta)

@@ -25,21 +25,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..implicit import Status, custom_root
+from ..implicit import Status
 from .root_problem import ParamSpec, RootProblem, SolverPlan, implicit_root
 from .strain import deformation, n_voigt, stress_to_voigt, voigt_labels
 
 
-def stress_response(problem: RootProblem, theta, R0, C0, implicit):
+def stress_response(problem: RootProblem, theta, R0, C0, solve, on_failure="ignore"):
     r"""``η ↦ σ_Voigt(η)``: the Voigt stress (eV/Å^d, shape ``(d(d+1)/2,)``) of the cell
     ``C0 (I + η)`` with the positions relaxed at that cell, around the relaxed positions
     ``R0`` (N, d) of ``C0``, for an applied Voigt strain ``η`` (d(d+1)/2,); a JAX function
     of ``η`` and of the parameters ``theta`` (differentiable again).
 
     The fixed-cell root problem of ``problem`` in the strain ``η`` of ``C0`` is wrapped
-    around its known root ``R0`` by ``implicit`` (``custom_root`` with a solver that projects
-    out the translations), so a derivative in ``η`` goes through the relaxation of the
-    positions. A strain already in ``theta`` (``wrt="strain"``) is added to ``η``.
+    around its known root ``R0`` by :func:`~mdsens.md.root_problem.implicit_root` (``solve``:
+    a linear solver that projects out the translations; ``on_failure`` its policy), so a
+    derivative in ``η`` goes through the relaxation of the positions. A strain already in
+    ``theta`` (``wrt="strain"``) is added to ``η``.
     """
     strain = ParamSpec("__strain__", "strain")
     fixed = dataclasses.replace(
@@ -47,35 +48,32 @@ def stress_response(problem: RootProblem, theta, R0, C0, implicit):
         specs=(*(s for s in problem.specs if s.kind in ("param", "pair", "user")), strain),
     )
     keys = [s.name for s in fixed.specs if s.kind != "strain"]
-    # The root is known (R_ref, the relaxed positions): the "solver" returns it.
-    # (the problem is an argument, not a closure: see root_problem.implicit_root)
-    root = implicit(lambda x, th, R_ref, prob: prob.F(x, th))(
-        lambda init, th, R_ref, prob: R_ref)
     applied = problem.strain(theta)
 
     def stress_of(eta):
         th = {k: theta[k] for k in keys}
         th["__strain__"] = eta + applied
-        Rc, Cc, params = fixed.configuration(root(None, th, R0, fixed), th)
+        x = implicit_root(fixed, R0, th, solve, on_failure)  # R0: the known root
+        Rc, Cc, params = fixed.configuration(x, th)
         return stress_to_voigt(problem.model.stress(Rc, Cc, params, problem.nbrs))
 
     return stress_of
 
 
-def relaxed_stiffness(problem: RootProblem, theta, R0, C0, implicit):
+def relaxed_stiffness(problem: RootProblem, theta, R0, C0, solve, on_failure="ignore"):
     r"""``C = dσ_Voigt/dη`` (d(d+1)/2 × d(d+1)/2, eV/Å^d) at the cell ``C0`` with relaxed
     positions ``R0``, as a JAX function of the parameters ``theta`` (differentiable again):
     the Jacobian of :func:`stress_response` at ``η = 0``, all columns at once (forward
     mode, d(d+1)/2 tangents)."""
-    stress_of = stress_response(problem, theta, R0, C0, implicit)
+    stress_of = stress_response(problem, theta, R0, C0, solve, on_failure)
     return jax.jacfwd(stress_of)(jnp.zeros((n_voigt(problem.dim),), R0.dtype))
 
 
-def stiffness_column(problem: RootProblem, theta, R0, C0, implicit, e):
+def stiffness_column(problem: RootProblem, theta, R0, C0, solve, e):
     r"""One column ``C e = (dσ_Voigt/dη) e`` (d(d+1)/2,) of :func:`relaxed_stiffness` for a
     strain direction ``e`` (d(d+1)/2,): one tangent through the relaxation instead of
     d(d+1)/2, so that a reverse-mode derivative of it carries one adjoint solve."""
-    stress_of = stress_response(problem, theta, R0, C0, implicit)
+    stress_of = stress_response(problem, theta, R0, C0, solve)
     return jax.jvp(stress_of, (jnp.zeros_like(e),), (e,))[1]
 
 
@@ -154,9 +152,7 @@ def _elastic_stage(plan, mode, problem, x_star, theta0, nullspace, modes, precon
 
         return run
 
-    implicit = functools.partial(custom_root, solve=recorded(plan.solver_fn(modes, precond,
-                                                                              False)),
-                                 symmetric=True, on_failure="ignore")
+    fixed_solve = recorded(plan.solver_fn(modes, precond, False))
 
     def base_state(theta):
         if not problem.relax_cell:
@@ -169,7 +165,7 @@ def _elastic_stage(plan, mode, problem, x_star, theta0, nullspace, modes, precon
     if mode == "forward":
         def elastic(theta):
             R0, C0 = base_state(theta)
-            C = relaxed_stiffness(problem, theta, R0, C0, implicit)
+            C = relaxed_stiffness(problem, theta, R0, C0, fixed_solve)
             return C, C
 
         jac, value = jax.jacfwd(elastic, has_aux=True)(theta0)
@@ -177,7 +173,7 @@ def _elastic_stage(plan, mode, problem, x_star, theta0, nullspace, modes, precon
 
     def column(theta, e):
         R0, C0 = base_state(theta)
-        return stiffness_column(problem, theta, R0, C0, implicit, e)
+        return stiffness_column(problem, theta, R0, C0, fixed_solve, e)
 
     eye = jnp.eye(n_voigt(dim), dtype=jax.tree.leaves(x_star)[0].dtype)
 

@@ -58,7 +58,6 @@ packings.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -68,7 +67,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..implicit import custom_root
 from ..implicit.policy import Policy, check_policy
 from . import _relax_loop as _loop
 from . import zero_modes
@@ -371,9 +369,7 @@ class RelaxedStateFunction:
         if self._elastic:
             fixed = make_solver(d.solver, d.tol, d.maxiter, modes, None)
 
-            implicit = functools.partial(custom_root, solve=fixed, symmetric=True,
-                                         on_failure=policy)
-            elastic = relaxed_stiffness(problem, th, Rx, C, implicit)
+            elastic = relaxed_stiffness(problem, th, Rx, C, fixed, policy)
         return RelaxedState(Rx, C, energy, stress, elastic, status, steps, fmax)
 
     def __repr__(self) -> str:
