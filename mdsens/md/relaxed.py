@@ -292,7 +292,6 @@ class RelaxedStateFunction:
 
     # -- evaluation ------------------------------------------------------------------
     def __call__(self, theta: Any) -> RelaxedState:
-        jax.eval_shape(self._user_params, theta)  # names checked before any work
         traced = _traced(theta)
         state = self._jitted(theta, traced)
         if not traced and self.on_failure == "raise":
