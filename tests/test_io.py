@@ -9,6 +9,7 @@ import pytest
 
 from mdsens.io import InputError, read, read_result, write_result
 from mdsens.md import System, potentials
+from mdsens.md.diagnostics import Diagnostics, RelaxationSummary, SolveTable, ZeroModes
 from mdsens.md.sensitivity import Sensitivity
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -51,11 +52,16 @@ def test_round_trip(tmp_path):
         units={"energy": "eV", "positions": "Å"},
         wrt=("sigma", "epsilon"),
         parameter_shapes={"sigma": (), "epsilon": ()},
-        diagnostics={"mode": "forward", "n_solves": 2, "preconditioner": None,
-                     "zero_modes": {"count": 3, "rattlers": []},
-                     "relaxation": {"steps": 10, "fmax": 1e-9, "converged": True,
-                                    "status": "converged", "energy": -2.5},
-                     "solves": {"iterations": np.array([5, 6])}},
+        diagnostics=Diagnostics(
+            mode="forward", n_solves=2, preconditioner=None,
+            zero_modes=ZeroModes(count=3, rattlers=[]),
+            relaxation=RelaxationSummary(steps=10, fmax=1e-9, converged=True,
+                                         status="converged", energy=-2.5),
+            solves=SolveTable(status=np.zeros(2, int), iterations=np.array([5, 6]),
+                              residual_norm=np.array([1e-9, 2e-9]), rhs_norm=np.ones(2),
+                              nullspace_component=np.zeros(2),
+                              min_curvature=np.array([0.5, 0.4]),
+                              converged=np.ones(2, bool))),
         relaxation=_FakeRelaxation(system),
         converged=False,
         problems=("a problem",),
@@ -74,6 +80,11 @@ def test_round_trip(tmp_path):
             np.testing.assert_array_equal(s.derivatives[obs][p], v)
     assert s.diagnostics["mode"] == "forward" and s.diagnostics["preconditioner"] is None
     np.testing.assert_array_equal(s.diagnostics["solves"]["iterations"], [5, 6])
+    # read back as the same typed record
+    assert isinstance(s.diagnostics, Diagnostics)
+    assert s.diagnostics.relaxation.steps == 10 and s.diagnostics.zero_modes.count == 3
+    np.testing.assert_array_equal(s.diagnostics.solves.min_curvature, [0.5, 0.4])
+    assert s.diagnostics.max_solve_iterations == 6 and s.diagnostics.jacobian_error is None
     np.testing.assert_array_equal(back.positions, np.asarray(system.positions))
     assert back.symbols == ("Ar",) * 32 and back.pbc == (True, True, True)
     assert back.config == {"wrt": ["sigma", "epsilon"]}

@@ -32,31 +32,6 @@ def _run(path, **kw):
                 relax_cell=True, **kw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _shared_models():
-    """Scans in this module share one EnergyModel per structure and model-point potential
-    (as a Dask worker does), so later scans reuse the compiled relaxation and derivative
-    programs instead of compiling them again for a model of their own."""
-    from mdsens.studies import _scan, _spec
-
-    models = {}
-    build = _scan._model_for
-
-    def model_for(system, pots):
-        pot = pots[_scan._model_point(pots)]
-        key = (_spec.structure_digest(system),
-               _spec.canonical_json([pot.name, dict(pot.params), pot.settings, pot.species]))
-        if key not in models:
-            models[key] = build(system, pots)
-        return models[key]
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(_scan, "_model_for", model_for)
-    yield
-    patch.undo()
-    models.clear()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("study") / "ref.h5"

@@ -283,7 +283,7 @@ def summary(stored: Any, path: Path | None = None,
     import numpy as np
 
     s = stored.sensitivity
-    relax = s.diagnostics.get("relaxation", {}) if isinstance(s.diagnostics, dict) else {}
+    relax = s.diagnostics.get("relaxation") or {}
     n = len(stored.symbols)
     scales = Scales.of_structure(n, relax.get("energy"), stored.positions, stored.cell,
                                  stored.pbc)
@@ -347,9 +347,16 @@ def summary(stored: Any, path: Path | None = None,
         "zero_rule": _zero_rule(scales),
         "diagnostics": {k: s.diagnostics.get(k) for k in
                         ("mode", "n_solves", "min_curvature_estimate", "root_residual")
-                        if k in s.diagnostics},
+                        if _reported(s.diagnostics.get(k))},
         "provenance": stored.provenance,
     }
+
+
+def _reported(value: Any) -> bool:
+    """Whether a diagnostics entry holds something (not absent, empty or NaN)."""
+    if value is None or value == "":
+        return False
+    return not (isinstance(value, float) and value != value)
 
 
 def _zero_rule(scales: Scales) -> dict[str, float]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from ase.utils.plugins import ExternalIOFormat
 
+from ..md.diagnostics import Diagnostics
 from .errors import InputError
 
 __all__ = ["mdsens_h5", "read_mdsens_h5"]
@@ -86,7 +87,7 @@ def _study_images(path: str) -> list[Any]:
             derivatives={o: {n: d[p] for n, d in per.items()}
                          for o, per in study.derivatives.items()},
             units=dict(study.units), wrt=tuple(study.definition.get("wrt", ())),
-            parameter_shapes={}, diagnostics={}, relaxation=None,
+            parameter_shapes={}, diagnostics=Diagnostics(), relaxation=None,
             converged=bool(study.converged[p]))
         atoms = point.to_ase(structures[k](int(p) % n_grid))
         atoms.info.update({name: float(v[p]) for name, v in study.parameters.items()})

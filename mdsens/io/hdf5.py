@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .. import units as _units
+from ..md.diagnostics import Diagnostics, RelaxationSummary
 from .errors import InputError
 
 __all__ = ["StoredResult", "read_result", "write_result", "H5MD_VERSION", "MODULE_VERSION"]
@@ -327,11 +328,9 @@ def write_result(
             _write_values(f, result, relaxation, is_sens, potential)
             _write_parameters(f, result, relaxation, system_input, potential, config, is_sens)
             if is_sens:
-                diagnostics = result.diagnostics
+                diagnostics = result.diagnostics.as_dict()
             else:
-                from ..md.minimize import summary
-
-                diagnostics = {"relaxation": summary(relaxation)}
+                diagnostics = {"relaxation": RelaxationSummary.of(relaxation).as_dict()}
             _put(f, "diagnostics", diagnostics)
             prov = f.create_group("provenance")
             for k, v in provenance(command_line).items():
@@ -482,7 +481,8 @@ def read_result(path: str | os.PathLike) -> StoredResult:
                          ) if len(par.attrs["problems"]) else ()
         sens = Sensitivity(
             values=values, derivatives=derivatives, units=units, wrt=wrt,
-            parameter_shapes=shapes, diagnostics=_get(f["diagnostics"]), relaxation=None,
+            parameter_shapes=shapes,
+            diagnostics=Diagnostics.from_dict(_get(f["diagnostics"])), relaxation=None,
             converged=bool(par.attrs["converged"]), problems=problems)
         pot = par["potential"]
         potential = {

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .diagnostics import RelaxationSummary
 from .system import System
 
 __all__ = [
@@ -128,7 +129,7 @@ class Relaxation:
             text += f", max|sigma + p I|={float(self.stress_residual):.3g}"
         return text
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RelaxationSummary:
         """:func:`summary` of this relaxation."""
         return summary(self)
 
@@ -164,14 +165,12 @@ jax.tree_util.register_dataclass(
 )
 
 
-def summary(relaxation: Any) -> dict[str, Any]:
-    """A relaxation's outcome as plain numbers (the ``"relaxation"`` entry of the
-    diagnostics a sensitivity reports and a result file stores): ``steps``, ``fmax``
-    (eV/Å), ``converged``, ``status`` (its ``message``), ``energy`` (eV). Any object with
-    those attributes will do."""
-    return {"steps": int(relaxation.steps), "fmax": float(relaxation.fmax),
-            "converged": bool(relaxation.converged), "status": relaxation.message,
-            "energy": float(relaxation.energy)}
+def summary(relaxation: Any) -> RelaxationSummary:
+    """A relaxation's outcome as a :class:`~mdsens.md.diagnostics.RelaxationSummary` (the
+    ``relaxation`` entry of the diagnostics a sensitivity reports and a result file
+    stores): steps, fmax (eV/Å), converged, status (its ``message``), energy (eV) and, with
+    a relaxing cell, the stress residual. Any object with those attributes will do."""
+    return RelaxationSummary.of(relaxation)
 
 
 def _nan_like(x: Any) -> Any:

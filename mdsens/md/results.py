@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .diagnostics import Diagnostics
+
 __all__ = ["Sensitivity", "SensitivityError", "SensitivityWarning"]
 
 
@@ -33,7 +35,8 @@ class Sensitivity:
         ``observable.shape + parameter.shape``.
       units: observable name -> unit string.
       wrt: the parameter names, in request order, with ``parameter_shapes``.
-      diagnostics: relaxation and solve diagnostics (see :func:`sensitivity`).
+      diagnostics: relaxation and solve diagnostics, a
+        :class:`~mdsens.md.diagnostics.Diagnostics` record (see :func:`sensitivity`).
       relaxation: the :class:`~mdsens.md.minimize.Relaxation` the derivatives were taken at.
       converged: relaxation converged, every solve converged, no negative curvature.
     """
@@ -43,10 +46,14 @@ class Sensitivity:
     units: dict[str, str]
     wrt: tuple[str, ...]
     parameter_shapes: dict[str, tuple[int, ...]]
-    diagnostics: dict[str, Any]
+    diagnostics: Diagnostics
     relaxation: Any
     converged: bool
     problems: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.diagnostics, Diagnostics):  # a plain mapping of its fields
+            object.__setattr__(self, "diagnostics", Diagnostics.from_dict(self.diagnostics or {}))
 
     def to_ase(self, atoms: Any = None) -> Any:
         r"""The relaxed structure as ``ase.Atoms`` carrying the values and derivatives, for

@@ -55,12 +55,19 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..implicit import SolveInfo, Status, root_jvp, root_vjp
+from ..implicit import Status, root_jvp, root_vjp
 from ..implicit.bounds import jacobian_error_estimate, lanczos_ritz
 from ..implicit.policy import Policy, check_policy, surface
 from . import observables as obs_mod
 from . import zero_modes
 from ._models import model_for, same_form
+from .diagnostics import (
+    Diagnostics,
+    ElasticSolves,
+    JacobianErrorSummary,
+    SolveTable,
+    ZeroModes,
+)
 from .elastic import elastic_constants
 from .minimize import relax
 from .model import EnergyModel
@@ -159,7 +166,7 @@ def sensitivity(
         unknowns caused by the relaxation being an approximate root
         (:func:`mdsens.implicit.bounds.jacobian_error_estimate` on the complement of the
         zero modes); costs one extra Krylov solve and a few dozen third-derivative products,
-        so it is off by default. Reported in ``diagnostics["jacobian_error"]``.
+        so it is off by default. Reported in ``diagnostics.jacobian_error``.
       params_fn: a parameterisation of the user's own: ``params_fn(θ) -> {name: value}``
         (a JAX function of a dict θ; the potential parameters it returns replace the
         potential's). ``wrt`` is then the dict θ of values to differentiate at, e.g.
@@ -175,15 +182,16 @@ def sensitivity(
         policy: there is nothing to differentiate.
 
     Returns:
-      :class:`Sensitivity`. ``diagnostics`` holds: ``relaxation`` (steps, fmax, converged,
-      status), ``mode`` and ``n_solves``, ``solves`` (per solve: iterations, residual,
-      converged, nullspace component, CG's smallest curvature ``pᵀHp/pᵀp``),
-      ``zero_modes`` (count, rattler atoms), ``min_curvature_estimate`` (Lanczos),
-      ``root_residual`` (‖F‖ on the complement of the zero modes) and
-      ``root_error_estimate`` (‖F‖ / λ_min, a first-order bound on the distance to the
-      exact root), ``jacobian_error`` (with ``jacobian_error=True``: the root term
-      ``estimate``, the solve term of forward solves at ``tol``, their sum ``bound`` and
-      the ingredients α, β, γ, R, C; else None), ``elastic_solves`` and timings.
+      :class:`Sensitivity`. ``diagnostics`` is a :class:`~mdsens.md.diagnostics.Diagnostics`
+      record: ``relaxation`` (steps, fmax, converged, status), ``mode`` and ``n_solves``,
+      ``solves`` (per solve: iterations, residual, converged, nullspace component, CG's
+      smallest curvature ``pᵀHp/pᵀp``), ``zero_modes`` (count, rattler atoms),
+      ``min_curvature_estimate`` (Lanczos), ``root_residual`` (‖F‖ on the complement of the
+      zero modes) and ``root_error_estimate`` (‖F‖ / λ_min, a first-order bound on the
+      distance to the exact root), ``jacobian_error`` (with ``jacobian_error=True``: the
+      root term ``estimate``, the solve term of forward solves at ``tol``, their sum
+      ``bound`` and the ingredients α, β, γ, R, C; else None), ``elastic_solves`` and
+      ``timings``. Its fields also read by name (``diagnostics["solves"]``).
     """
     check_policy(on_failure)
     if mode not in ("auto", "forward", "reverse"):
@@ -302,8 +310,7 @@ def sensitivity(
                                           theta0, q)
         lam_scale = _ritz_summary(np.asarray(ritz)[: int(count)])[2]
         est = _jacobian_error(problem, x_star, theta0, q, lam_scale, lanczos_steps, tol)
-        jacobian_estimate = {f.name: float(getattr(est, f.name))
-                             for f in dataclasses.fields(est)}
+        jacobian_estimate = JacobianErrorSummary.of(est)
         timings["jacobian_error"] = time.perf_counter() - t0
 
     # 5. values and first derivatives ----------------------------------------------------
@@ -344,34 +351,34 @@ def sensitivity(
         timings["elastic"] = time.perf_counter() - t0
 
     # 7. status and policy ----------------------------------------------------------------
-    solves = _solve_table(solve_infos)
-    if solves is not None and not solves["converged"].all():
-        bad = int((~solves["converged"]).sum())
-        worst = Status(int(solves["status"].max()))
-        problems.append(f"{bad} of {solves['converged'].size} derivative solves failed: "
+    solves = SolveTable.of(solve_infos)
+    if solves is not None and not solves.converged.all():
+        bad = int((~solves.converged).sum())
+        worst = Status(int(solves.status.max()))
+        problems.append(f"{bad} of {solves.count} derivative solves failed: "
                         f"{worst.message}")
     if elastic_info is not None and not elastic_info["converged"].all():
         problems.append("an elastic-constant solve failed: "
                         f"{Status(int(elastic_info['status'].max())).message}")
-    if solves is not None and np.any(solves["min_curvature"] < 0):
+    if solves is not None and np.any(solves.min_curvature < 0):
         problems.append("negative curvature met in CG: the relaxed state is not a minimum")
 
-    diagnostics = {
-        "relaxation": relaxation.summary(),
-        "mode": chosen,
-        "n_solves": 0 if solves is None else int(solves["converged"].size),
-        "solves": solves,
-        "elastic_solves": elastic_info,
-        "zero_modes": {"count": int(modes.shape[0]), "rattlers": rattler_atoms.tolist()},
-        "min_curvature_estimate": lam_min,
-        "root_residual": residual,
-        "root_error_estimate": residual / lam_min if lam_min > 0 else float("inf"),
-        "jacobian_error": jacobian_estimate,
-        "solver": solver,
-        "hessian": plan.hessian,
-        "preconditioner": preconditioner,
-        "timings": timings,
-    }
+    diagnostics = Diagnostics(
+        relaxation=relaxation.summary(),
+        mode=chosen,
+        n_solves=0 if solves is None else solves.count,
+        solves=solves,
+        elastic_solves=None if elastic_info is None else ElasticSolves(**elastic_info),
+        zero_modes=ZeroModes(count=int(modes.shape[0]), rattlers=rattler_atoms.tolist()),
+        min_curvature_estimate=lam_min,
+        root_residual=residual,
+        root_error_estimate=residual / lam_min if lam_min > 0 else float("inf"),
+        jacobian_error=jacobian_estimate,
+        solver=solver,
+        hessian=plan.hessian,
+        preconditioner=preconditioner,
+        timings=timings,
+    )
     converged = not problems
     if degenerate is not None:  # never a number there, whatever the policy
         derivatives = _nan_derivatives(derivatives)
@@ -636,21 +643,6 @@ def _unpack_reverse(theta_bars, values, theta0):
         }
         offset += size
     return derivatives
-
-
-def _solve_table(infos: SolveInfo | None):
-    if infos is None:
-        return None
-    table = {
-        "status": np.atleast_1d(np.asarray(infos.status)),
-        "iterations": np.atleast_1d(np.asarray(infos.iterations)),
-        "residual_norm": np.atleast_1d(np.asarray(infos.residual_norm)),
-        "rhs_norm": np.atleast_1d(np.asarray(infos.rhs_norm)),
-        "nullspace_component": np.atleast_1d(np.asarray(infos.nullspace_component)),
-        "min_curvature": np.atleast_1d(np.asarray(infos.min_curvature)),
-    }
-    table["converged"] = table["status"] == Status.SUCCESS
-    return table
 
 
 class _CallableModule(types.ModuleType):

@@ -50,11 +50,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import _file, _scan, _spec
+from . import _file, _spec
+
+if TYPE_CHECKING:
+    from ..md.point import PointOptions
 
 __all__ = ["CLUSTER_CLASSES", "Backend", "ClusterSpec", "Job", "Planner", "connect", "run",
            "stream"]
@@ -557,7 +560,8 @@ def stream(pool: Pool, f: Any, *, progress: Callable[[int, int, int, bool], None
                 if chosen is None:
                     break
                 p, warm = chosen
-                start = _scan._stored(f, p // n_grid, warm % n_grid) if warm >= 0 else None
+                start = _file.relaxed_structure(f, p // n_grid, warm % n_grid) if warm >= 0 \
+                    else None
                 running[pool.submit(p, start, warm)] = p
                 planner.start(p)
             if not running:
@@ -654,7 +658,7 @@ class Job:
     @classmethod
     def prepare(cls, systems: Sequence[Any], potential: Any,
                 points: Sequence[dict[str, float]], model_point: int,
-                options: _scan.PointOptions, definition_json: str) -> Job:
+                options: PointOptions, definition_json: str) -> Job:
         """Pickle what the tasks need.
 
         Raises:
@@ -775,37 +779,39 @@ class _Shared:
     system: Any  # the input structure, numpy leaves
     potential: Any  # the base potential (numpy parameters) or a _PotentialSpec
     model_point: dict[str, float]  # swept values of the model's (largest-cutoff) potential
-    options: _scan.PointOptions
+    options: PointOptions
     compile_cache: bool  # use mdsens's persistent compilation cache on the worker
 
 
 # ----------------------------------------------------------------------------- worker side
-_STATES: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+_STATES: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 _STATES_LOCK = threading.Lock()
 
 
 def _run_point(key: tuple[str, str], shared: bytes, values: dict[str, float],
                start: tuple[np.ndarray, np.ndarray] | None, warm: int) -> dict[str, Any]:
     """One task: the point at swept ``values`` of the structure ``key``, from the relaxed
-    ``start`` of point ``warm`` (or the input structure), by :func:`_scan.compute_point`."""
+    ``start`` of point ``warm`` (or the input structure), by the structure's
+    :class:`~mdsens.md.point.PointRunner`; returns the record the client writes."""
     import jax
 
     jax.config.update("jax_enable_x64", True)  # before any jax array exists in this task
-    system, base, model, options = _state(key, shared)
-    return _scan.compute_point(system, model, _spec.potential_at(base, values), options,
-                               start, warm)
+    base, runner, options = _state(key, shared)
+    result = runner.compute(_spec.potential_at(base, values), options, start)
+    return _file.point_record(result, warm if result.warm_started else -1)
 
 
-def _state(key: tuple[str, str], shared: bytes) -> tuple[Any, Any, Any, Any]:
-    """This process's (system, base potential, EnergyModel, options) of the structure and
-    study ``key``: unpickled and built once, then reused by every later point."""
+def _state(key: tuple[str, str], shared: bytes) -> tuple[Any, Any, Any]:
+    """This process's (base potential, PointRunner, options) of the structure and study
+    ``key``: unpickled and built once, then reused by every later point (the runner keeps
+    the model and the last neighbour list)."""
     with _STATES_LOCK:
         state = _STATES.get(key)
         if state is None:
             import jax
             import jax.numpy as jnp
 
-            from ..md.model import build
+            from ..md.point import PointRunner
 
             job: _Shared = pickle.loads(shared)
             if job.compile_cache:
@@ -819,10 +825,11 @@ def _state(key: tuple[str, str], shared: bytes) -> tuple[Any, Any, Any, Any]:
                 else job.potential
             base = dataclasses.replace(base, params=jax.tree.map(jnp.asarray, base.params))
             # one device per worker: the workers already share the machine's cores
-            model = build(system, _spec.potential_at(base, job.model_point), devices=None)
+            runner = PointRunner(system, _spec.potential_at(base, job.model_point),
+                                 devices=None)
             while len(_STATES) >= _MAX_MODELS:
                 _STATES.pop(next(iter(_STATES)))
-            state = _STATES[key] = (system, base, model, job.options)
+            state = _STATES[key] = (base, runner, job.options)
     return state
 
 

@@ -235,6 +235,36 @@ def _text(s: str, n: int) -> bytes:
     return s.encode("utf-8")[:n]
 
 
+def relaxed_structure(f: Any, k: int, g: int) -> tuple[np.ndarray, np.ndarray]:
+    """The relaxed ``(positions (N, d), edges (d, d))``, Å, of grid point ``g`` of
+    structure ``k`` in the open study file ``f`` (NaN where not written)."""
+    group = f["structures"][str(k)]
+    return group["position"][g], group["edges"][g]
+
+
+def point_record(result: Any, warm: int) -> dict[str, Any]:
+    """The record :func:`write_point` stores for a :class:`~mdsens.md.point.PointResult`
+    computed from the relaxed structure of point ``warm`` (-1: the input structure): its
+    values, derivatives, status, relaxed structure and the row of ``/diagnostics``
+    (:data:`DIAGNOSTICS`; entries a failed point lacks keep their fill values)."""
+    relaxation, diagnostics = result.relaxation, result.diagnostics
+    row: dict[str, Any] = {"relax_steps": relaxation.steps, "fmax": relaxation.fmax,
+                           "energy": relaxation.energy, "warm_start": int(warm),
+                           "seconds": result.seconds}
+    if relaxation.stress_residual is not None:
+        row["stress_residual"] = relaxation.stress_residual
+    if diagnostics is not None:
+        row["root_residual"] = diagnostics.root_residual
+        row["min_curvature_estimate"] = diagnostics.min_curvature_estimate
+        row["n_solves"] = diagnostics.n_solves
+        if diagnostics.solves is not None and diagnostics.solves.count:
+            row["max_solve_iterations"] = diagnostics.max_solve_iterations
+    return {"values": result.values, "derivatives": result.derivatives,
+            "converged": bool(result.converged), "problems": list(result.problems),
+            "status": result.status, "position": result.positions, "edges": result.edges,
+            "diagnostics": row}
+
+
 def write_point(f: Any, p: int, n_grid: int, k: int, point: dict[str, Any]) -> None:
     """Write point ``p`` (structure ``k``), flush, then mark it done and flush again."""
     for name, v in point["values"].items():

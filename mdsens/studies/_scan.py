@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,31 +14,13 @@ from . import _file, _spec
 
 if TYPE_CHECKING:
     from ..md.options import RelaxOptions
+    from ..md.point import PointOptions
 
-__all__ = ["PointOptions", "compute_point", "scan"]
+__all__ = ["scan"]
 
 _NOT_IN_DEFINITION = ("chunk", "relax_cell", "pressure")
 
 Progress = Callable[[int, int, int, bool], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class PointOptions:
-    """What every point of a study computes (:func:`compute_point`).
-
-    Attributes:
-      wrt, observables: parameter and observable names, as for ``sensitivity``.
-      relax_cell: relax the cell too; pressure: external pressure, eV/Å^d.
-      relax: the :class:`~mdsens.md.RelaxOptions` of every relaxation.
-      sensitivity: further keyword arguments of :func:`~mdsens.md.sensitivity`.
-    """
-
-    wrt: tuple[str, ...]
-    observables: tuple[str, ...]
-    relax_cell: bool
-    pressure: float
-    relax: Any
-    sensitivity: dict[str, Any]
 
 
 def scan(
@@ -74,8 +53,8 @@ def scan(
     ``p = k G + g`` is structure ``k`` at grid point ``g``: ``relax`` (warm-started from the
     relaxed structure of point ``p - 1`` of the same structure when that point is done and
     finite, else from the input structure) and then :func:`mdsens.md.sensitivity` at that
-    relaxation (``on_failure="ignore"``), both in :func:`compute_point`. Each point is
-    checked by its own derivatives: along a swept parameter :math:`\theta`,
+    relaxation (``on_failure="ignore"``), both by :class:`mdsens.md.point.PointRunner`.
+    Each point is checked by its own derivatives: along a swept parameter :math:`\theta`,
     :math:`(v_{g+1} - v_{g-1}) / (\theta_{g+1} - \theta_{g-1}) = dv/d\theta + O(h^2)`.
 
     A failed point (relaxation or solve not converged, saddle, non-finite state) is recorded
@@ -162,6 +141,7 @@ def scan(
     if not all(isinstance(o, str) for o in observables):
         raise ValueError("scan: observables must be names (callables cannot be stored)")
     from ..md.options import DERIVATIVE_DEFAULTS, RelaxOptions
+    from ..md.point import PointOptions, largest_cutoff
 
     relax_opts = RelaxOptions.resolve(relax_options, DERIVATIVE_DEFAULTS).replace(
         relax_cell=bool(relax_cell), pressure=float(pressure))
@@ -219,7 +199,7 @@ def scan(
             theta0 = initial_theta(specs, potential, systems[0].dim, pressure)
             param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
             if client is not None:  # everything is checked before the file is made
-                job = _dask.Job.prepare(systems, potential, points, _model_point(pots),
+                job = _dask.Job.prepare(systems, potential, points, largest_cutoff(pots),
                                         options, definition_json)
             if not resume:
                 structure_index = np.repeat(np.arange(len(systems)), n_grid)
@@ -239,40 +219,38 @@ def _serial(f: Any, systems: Sequence[Any], pots: Sequence[Any], n_grid: int, ba
             options: PointOptions, progress: Progress | None) -> None:
     """The in-process loop: structure by structure, the points not done in order (or in
     batches of ``batch``), each written as soon as it is computed."""
+    from ..md.compiled import free
+    from ..md.point import PointRunner
+
     done = f["done"][()]
     n_points = int(done.size)
     n_done = int(done.sum())
     for k, system in enumerate(systems):
-        model = _model_for(system, pots)
+        runner = PointRunner.covering(system, pots)
         for group in _groups(done[k * n_grid:(k + 1) * n_grid], batch):
             g0 = group[0]
             start, warm = None, -1
             if g0 > 0 and done[k * n_grid + g0 - 1]:
-                start, warm = _stored(f, k, g0 - 1), k * n_grid + g0 - 1
+                start, warm = _file.relaxed_structure(f, k, g0 - 1), k * n_grid + g0 - 1
             if batch == 1:
-                computed = [compute_point(system, model, pots[g0], options, start, warm)]
+                computed = [runner.compute(pots[g0], options, start)]
             else:
-                begin = _start_from(system, *start) if start is not None else None
-                if begin is None:
-                    begin, warm = system, -1
-                computed = _compute_batch(begin, model, [pots[g] for g in group], batch,
-                                          options)
-                for point in computed:
-                    point["diagnostics"]["warm_start"] = warm
-            for g, point in zip(group, computed):
+                computed = runner.compute_batch([pots[g] for g in group], options, batch,
+                                                start)
+            for g, result in zip(group, computed):
                 p = k * n_grid + g
-                _file.write_point(f, p, n_grid, k, point)
+                _file.write_point(f, p, n_grid, k,
+                                  _file.point_record(result, warm if result.warm_started
+                                                     else -1))
                 done[p] = True
                 n_done += 1
                 if progress is not None:
-                    progress(n_done, n_points, p, bool(point["converged"]))
+                    progress(n_done, n_points, p, bool(result.converged))
         if k + 1 < len(systems):
             # The next structure gets its own model: free mdsens's compiled programs (they
             # are kept per model and would otherwise accumulate over a study of many
             # structures); the caller's own jitted code is kept.
-            from ..md.compiled import free
-
-            del model
+            del runner
             free()
 
 
@@ -358,36 +336,6 @@ def _groups(done: np.ndarray, batch: int) -> list[list[int]]:
     return groups
 
 
-def _model_point(pots) -> int:
-    """The grid point whose potential has the largest cutoff (the first such)."""
-    def cutoff(p):
-        c = p.cutoff()
-        return -np.inf if c is None else float(c)
-
-    return max(range(len(pots)), key=lambda g: cutoff(pots[g]))
-
-
-def _model_for(system, pots):
-    """One EnergyModel for all grid points: built with the largest cutoff of the grid."""
-    from ..md.model import build
-
-    return build(system, pots[_model_point(pots)])
-
-
-def _start_from(system, pos, cell):
-    """``system`` at a relaxed ``(pos, cell)``, or None when they are not finite."""
-    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(cell))):
-        return None
-    return system.replace(positions=np.asarray(pos), cell=np.asarray(cell))
-
-
-def _stored(f, k, g) -> tuple[np.ndarray, np.ndarray]:
-    """The relaxed ``(positions, edges)`` of grid point ``g`` of structure ``k`` in the
-    open study file (NaN where not written)."""
-    g_ = f["structures"][str(k)]
-    return g_["position"][g], g_["edges"][g]
-
-
 def _check_output(output: Path, resume: bool, overwrite: bool) -> None:
     if resume and not output.exists():
         raise FileNotFoundError(f"{output}: nothing to resume")
@@ -409,107 +357,3 @@ def _check_definition(output: Path, definition_json: str) -> None:
         keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ValueError(f"{output}: the study definition differs from the file's "
                          f"({', '.join(keys)}); cannot resume")
-
-
-def compute_point(system, model, pot, options: PointOptions,
-                  start: tuple[Any, Any] | None = None, warm: int = -1) -> dict[str, Any]:
-    """One study point, the same in the serial loop and in a Dask task: relax ``system``
-    (the input structure) under ``pot`` with ``model``, from the relaxed ``start = (positions
-    (N, d) Å, edges (d, d) Å)`` of point ``warm`` when given and finite, else from the input
-    structure (then ``warm`` is recorded as -1); then differentiate.
-
-    Returns the point record :func:`mdsens.studies._file.write_point` writes (values,
-    derivatives, converged, problems, status, relaxed position and edges, diagnostics with
-    ``warm_start``). Never raises on a failed point.
-    """
-    begin = _start_from(system, *start) if start is not None else None
-    if begin is None:
-        begin, warm = system, -1
-    point = _compute(begin, model, pot, options)
-    point["diagnostics"]["warm_start"] = int(warm)
-    return point
-
-
-_LAST_NEIGHBORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""Model -> the neighbour list its last relaxation in this process ended on."""
-
-
-def _compute(start, model, pot, options: PointOptions) -> dict[str, Any]:
-    """One point: relax from ``start`` and differentiate; never raises on a failed point."""
-    from ..md.minimize import relax
-
-    t0 = time.perf_counter()
-    # The neighbour list of the previous point on this model is passed on: relax rebuilds
-    # it where atoms or the cell moved (keeping its capacity), so consecutive points share
-    # array shapes and reuse compiled code instead of recompiling for a new capacity.
-    relaxation = relax(start, model, options.relax, params=dict(pot.params),
-                       nbrs=_LAST_NEIGHBORS.get(model), on_failure="ignore")
-    _keep_neighbors(model, relaxation)
-    return _differentiate(relaxation, pot, options, time.perf_counter() - t0)
-
-
-def _compute_batch(start, model, pots, batch, options: PointOptions) -> list[dict[str, Any]]:
-    """The points of ``pots`` (at most ``batch``): relaxed together from ``start``
-    (:func:`~mdsens.md.minimize.relax_batch`, padded to ``batch`` members with copies of
-    the last point), then differentiated one by one. A point's ``seconds`` is its share of
-    the batch relaxation plus its own sensitivities."""
-    from ..md.minimize import relax_batch
-
-    t0 = time.perf_counter()
-    params = [dict(p.params) for p in pots]
-    params += [params[-1]] * (batch - len(params))
-    relaxations = relax_batch(start, model, params, options.relax,
-                              nbrs=_LAST_NEIGHBORS.get(model), on_failure="ignore")[:len(pots)]
-    _keep_neighbors(model, relaxations[-1])
-    share = (time.perf_counter() - t0) / len(pots)
-    return [_differentiate(r, pot, options, share) for r, pot in zip(relaxations, pots)]
-
-
-def _keep_neighbors(model, relaxation) -> None:
-    """Remember the relaxation's neighbour list as the start list of the model's next
-    relaxation (when it belongs to the model and did not overflow)."""
-    if (relaxation.model is model and relaxation.nbrs is not None
-            and not bool(model.overflowed(relaxation.nbrs))):
-        _LAST_NEIGHBORS[model] = relaxation.nbrs
-
-
-def _differentiate(relaxation, pot, options: PointOptions, seconds) -> dict[str, Any]:
-    """The sensitivities at ``relaxation`` as a point record (values, derivatives,
-    convergence, problems, diagnostics); ``seconds`` is the time spent before."""
-    from ..md.sensitivity import SensitivityError, sensitivity
-
-    t0 = time.perf_counter()
-    diag: dict[str, Any] = {
-        "relax_steps": int(relaxation.steps),
-        "fmax": float(relaxation.fmax),
-        "energy": float(relaxation.energy),
-    }
-    if relaxation.stress_residual is not None:
-        diag["stress_residual"] = float(relaxation.stress_residual)
-    point = {
-        "values": {}, "derivatives": {}, "converged": False, "status": relaxation.message,
-        "position": np.asarray(relaxation.system.positions, np.float64),
-        "edges": np.asarray(relaxation.system.cell, np.float64),
-    }
-    try:
-        res = sensitivity(relaxation.system, pot, list(options.wrt),
-                          list(options.observables), relax_cell=options.relax_cell,
-                          pressure=options.pressure, relaxation=relaxation,
-                          on_failure="ignore", **options.sensitivity)
-    except SensitivityError as exc:
-        point["problems"] = [str(exc)]
-    else:
-        point["values"] = {k: np.asarray(v) for k, v in res.values.items()}
-        point["derivatives"] = {k: {p: np.asarray(v) for p, v in d.items()}
-                                for k, d in res.derivatives.items()}
-        point["converged"] = bool(res.converged)
-        point["problems"] = list(res.problems)
-        solves = res.diagnostics.get("solves")
-        diag["root_residual"] = float(res.diagnostics["root_residual"])
-        diag["min_curvature_estimate"] = float(res.diagnostics["min_curvature_estimate"])
-        diag["n_solves"] = int(res.diagnostics["n_solves"])
-        if solves is not None and solves["iterations"].size:
-            diag["max_solve_iterations"] = int(solves["iterations"].max())
-    diag["seconds"] = seconds + time.perf_counter() - t0
-    point["diagnostics"] = diag
-    return point
