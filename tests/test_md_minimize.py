@@ -288,7 +288,8 @@ def test_list_after_a_rejected_step_is_the_kept_states(fcc_min):
     assert np.isfinite(float(result.energy))
     kept = np.asarray(result.system.positions)
     assert 0.5 * a0 - 0.05 < kept[2, 0] <= 0.5 * a0 - 0.02
-    X = model._list_positions(*model.supercell(result.system.positions, result.system.cell))
+    X = model.neighbor_lists.list_positions(
+        *model.supercell(result.system.positions, result.system.cell))
     np.testing.assert_allclose(np.asarray(result.nbrs.nlist.reference_position),
                                np.asarray(X), atol=1e-12)
     fresh = model.allocate(result.system.positions, result.system.cell)

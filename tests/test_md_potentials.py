@@ -438,8 +438,8 @@ def _rule_and_plain_energies():
 
     def plain(R, C, P):
         R_s, C_s = model.supercell(R, C)
-        return _plain_total_energy(pot, model._pad_distance, P, R_s, C_s,
-                                   jnp.asarray(model._species_s()), nbrs.nlist.idx) / \
+        return _plain_total_energy(pot, model.pad_distance, P, R_s, C_s,
+                                   jnp.asarray(model.supercell_species()), nbrs.nlist.idx) / \
             model.n_copies
 
     return R, C, dict(pot.params), custom, plain

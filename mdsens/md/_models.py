@@ -68,7 +68,7 @@ def program_key(model: EnergyModel) -> Hashable | None:
             _form_key(model.potential), model.n_atoms, model.dim, model.periodic,
             model.species.tobytes(), model.replicas, model.cutoff, model.skin,
             model.uses_neighbor_list, model.capacity_multiplier, model.mesh,
-            None if model._origin is None else np.asarray(model._origin).tobytes(),
+            None if model.list_origin is None else np.asarray(model.list_origin).tobytes(),
         )
     except TypeError:
         return None

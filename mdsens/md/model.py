@@ -115,9 +115,10 @@ class EnergyModel:
         return self.neighbor_lists is not None
 
     @property
-    def _origin(self) -> np.ndarray | None:
-        """Free systems with a list: the lower corner of the list's box (part of the
-        compiled program's identity, see :func:`mdsens.md._models.program_key`)."""
+    def list_origin(self) -> np.ndarray | None:
+        """Free systems with a list: the lower corner of the list's box, Å, shape (d,)
+        (part of the compiled program's identity, see
+        :func:`mdsens.md._models.program_key`); else None."""
         return None if self.neighbor_lists is None else self.neighbor_lists.origin
 
     # ------------------------------------------------------------------ geometry
@@ -130,7 +131,9 @@ class EnergyModel:
         return math.prod(self.replicas)
 
     @property
-    def _pad_distance(self) -> float:
+    def pad_distance(self) -> float:
+        """Distance (Å) a padded neighbour slot is placed at: beyond cutoff + skin, so a
+        padded pair contributes nothing (and, guarded, no NaN gradient)."""
         return 2.0 * ((self.cutoff or 1.0) + self.skin) + 1.0
 
     def supercell(self, R: Array, cell: Array | None) -> tuple[Array, Array | None]:
@@ -146,7 +149,9 @@ class EnergyModel:
         C_s = jnp.asarray(np.array(self.replicas, float), cell.dtype)[:, None] * cell
         return R_s, C_s
 
-    def _species_s(self) -> np.ndarray:
+    def supercell_species(self) -> np.ndarray:
+        """Species of the internal atoms, shape (n_copies * N,), copy-major like
+        :meth:`supercell`."""
         return np.tile(self.species, self.n_copies)
 
     # ------------------------------------------------------------------ energy
@@ -176,7 +181,7 @@ class EnergyModel:
         else:
             idx = None if self.all_pairs is None else jnp.asarray(self.all_pairs)
             images = None
-        geom = Geometry(R_s, C_s, jnp.asarray(self._species_s()), idx, self._pad_distance,
+        geom = Geometry(R_s, C_s, jnp.asarray(self.supercell_species()), idx, self.pad_distance,
                         images, self.mesh)
         e = self.potential.total_energy(params, geom)
         return e / self.n_copies if self.n_copies > 1 else e
@@ -225,7 +230,7 @@ class EnergyModel:
             raise ValueError("pair_hessian_matvec needs a pair potential without replication")
         params = self.potential.params if params is None else params
         idx = nbrs.nlist.idx if self.uses_neighbor_list else jnp.asarray(self.all_pairs)
-        geom = Geometry(R, cell, jnp.asarray(self._species_s()), idx, self._pad_distance)
+        geom = Geometry(R, cell, jnp.asarray(self.supercell_species()), idx, self.pad_distance)
         return _pair_hessian_matvec(self.potential, params, geom)
 
     def check_params(self, params: Params) -> None:
@@ -239,9 +244,6 @@ class EnergyModel:
             )
 
     # ------------------------------------------------------------------ neighbour lists
-    def _list_positions(self, R_s: Array, C_s: Array | None) -> Array:
-        return self.neighbor_lists.list_positions(R_s, C_s)
-
     def allocate(
         self, R: Array, cell: Array | None, extra_capacity: int = 0
     ) -> Neighbors | None:
