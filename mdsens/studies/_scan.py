@@ -130,48 +130,18 @@ def scan(
     import h5py
 
     from ..io.hdf5 import provenance
-    from ..md import observables as obs_mod
-    from ..md.root_problem import initial_theta, parse_wrt
+    from ..md.point import largest_cutoff
 
     output = Path(output)
     systems, labels = _load_structures(structures, labels)
     sweep = _spec.validate_sweep(sweep, potential)
-    wrt = [wrt] if isinstance(wrt, str) else list(wrt)
-    observables = [observables] if isinstance(observables, str) else list(observables)
-    if not all(isinstance(o, str) for o in observables):
-        raise ValueError("scan: observables must be names (callables cannot be stored)")
-    from ..md.options import DERIVATIVE_DEFAULTS, RelaxOptions
-    from ..md.point import PointOptions, largest_cutoff
-
-    relax_opts = RelaxOptions.resolve(relax_options, DERIVATIVE_DEFAULTS).replace(
-        relax_cell=bool(relax_cell), pressure=float(pressure))
-    sens_opts = dict(sensitivity_options or {})
-    for bad in ("relaxation", "relax_options", "on_failure", "relax_cell", "pressure"):
-        if bad in sens_opts:
-            raise ValueError(f"scan: sensitivity_options may not set {bad!r}")
-    options = PointOptions(tuple(wrt), tuple(observables), bool(relax_cell), float(pressure),
-                           relax_opts, sens_opts)
+    options = _point_options(wrt, observables, relax_cell, pressure, relax_options,
+                             sensitivity_options)
     grid = _spec.grid(sweep)
     n_grid = next(iter(grid.values())).size
     points = [{n: float(v[g]) for n, v in grid.items()} for g in range(n_grid)]
     pots = [_spec.potential_at(potential, pt) for pt in points]
-    definition = {
-        "version": 1,
-        "sweep": [[n, v] for n, v in sweep.items()],
-        "structures": [{"label": lab, "digest": _spec.structure_digest(s),
-                        "n_atoms": int(s.n_atoms)} for lab, s in zip(labels, systems)],
-        "wrt": wrt,
-        "observables": observables,
-        "potential": {"name": potential.name, "class": type(potential).__name__,
-                      "params": dict(potential.params), "species": potential.species,
-                      "settings": potential.settings},
-        "relax_cell": bool(relax_cell),
-        "pressure": float(pressure),
-        "relax_options": {k: v for k, v in relax_opts.changed().items()
-                          if k not in _NOT_IN_DEFINITION},
-        "sensitivity_options": sens_opts,
-    }
-    definition_json = _spec.canonical_json(definition)
+    definition_json = _definition(sweep, systems, labels, potential, options)
 
     with _file.WriterLock(output, command_line):
         _check_output(output, resume, overwrite)
@@ -184,20 +154,7 @@ def scan(
 
             connection = _dask.connect(backend, notify)
         with connection as client:
-            # shapes (and validation of wrt / observables) from the input structures
-            obs_shapes: dict[str, tuple] | None = None
-            for system in systems:
-                resolved = obs_mod.resolve(observables, system.is_periodic, system.dim)
-                specs = parse_wrt(wrt, potential, system.dim, system.is_periodic, relax_cell)
-                shapes = _observable_shapes(system, potential, resolved)
-                if obs_shapes is not None and shapes != obs_shapes:
-                    raise ValueError(f"scan: observables have different shapes across "
-                                     f"structures ({obs_shapes} vs {shapes}); run one "
-                                     f"study per structure")
-                obs_shapes = shapes
-            units = {k: o.unit for k, o in resolved.items()}
-            theta0 = initial_theta(specs, potential, systems[0].dim, pressure)
-            param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
+            obs_shapes, units, param_shapes = _layout(systems, potential, options)
             if client is not None:  # everything is checked before the file is made
                 job = _dask.Job.prepare(systems, potential, points, largest_cutoff(pots),
                                         options, definition_json)
@@ -213,6 +170,72 @@ def scan(
                 else:
                     _serial(f, systems, pots, n_grid, int(batch), options, progress)
         return _file.read(output)
+
+
+def _point_options(wrt, observables, relax_cell, pressure, relax_options,
+                   sensitivity_options) -> PointOptions:
+    """The checked :class:`~mdsens.md.point.PointOptions` of every point of a scan."""
+    from ..md.options import DERIVATIVE_DEFAULTS, RelaxOptions
+    from ..md.point import PointOptions
+
+    wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+    observables = (observables,) if isinstance(observables, str) else tuple(observables)
+    if not all(isinstance(o, str) for o in observables):
+        raise ValueError("scan: observables must be names (callables cannot be stored)")
+    relax_opts = RelaxOptions.resolve(relax_options, DERIVATIVE_DEFAULTS).replace(
+        relax_cell=bool(relax_cell), pressure=float(pressure))
+    sens_opts = dict(sensitivity_options or {})
+    for bad in ("relaxation", "relax_options", "on_failure", "relax_cell", "pressure"):
+        if bad in sens_opts:
+            raise ValueError(f"scan: sensitivity_options may not set {bad!r}")
+    return PointOptions(wrt, observables, bool(relax_cell), float(pressure), relax_opts,
+                        sens_opts)
+
+
+def _definition(sweep, systems, labels, potential, options: PointOptions) -> str:
+    """The study definition (canonical JSON): what a resume must match exactly."""
+    return _spec.canonical_json({
+        "version": 1,
+        "sweep": [[n, v] for n, v in sweep.items()],
+        "structures": [{"label": lab, "digest": _spec.structure_digest(s),
+                        "n_atoms": int(s.n_atoms)} for lab, s in zip(labels, systems)],
+        "wrt": list(options.wrt),
+        "observables": list(options.observables),
+        "potential": {"name": potential.name, "class": type(potential).__name__,
+                      "params": dict(potential.params), "species": potential.species,
+                      "settings": potential.settings},
+        "relax_cell": options.relax_cell,
+        "pressure": options.pressure,
+        "relax_options": {k: v for k, v in options.relax.changed().items()
+                          if k not in _NOT_IN_DEFINITION},
+        "sensitivity_options": dict(options.sensitivity),
+    })
+
+
+def _layout(systems, potential, options: PointOptions):
+    """Observable shapes, their units and the parameter shapes of the study file, from the
+    input structures (which also checks ``wrt`` and ``observables`` against each).
+
+    Raises:
+      ValueError: an unknown name, or observables of different shapes across structures.
+    """
+    from ..md import observables as obs_mod
+    from ..md.root_problem import initial_theta, parse_wrt
+
+    obs_shapes: dict[str, tuple] | None = None
+    for system in systems:
+        resolved = obs_mod.resolve(list(options.observables), system.is_periodic, system.dim)
+        specs = parse_wrt(list(options.wrt), potential, system.dim, system.is_periodic,
+                          options.relax_cell)
+        shapes = _observable_shapes(system, potential, resolved)
+        if obs_shapes is not None and shapes != obs_shapes:
+            raise ValueError(f"scan: observables have different shapes across structures "
+                             f"({obs_shapes} vs {shapes}); run one study per structure")
+        obs_shapes = shapes
+    units = {k: o.unit for k, o in resolved.items()}
+    theta0 = initial_theta(specs, potential, systems[0].dim, options.pressure)
+    param_shapes = {k: tuple(np.shape(v)) for k, v in theta0.items()}
+    return obs_shapes, units, param_shapes
 
 
 def _serial(f: Any, systems: Sequence[Any], pots: Sequence[Any], n_grid: int, batch: int,
