@@ -428,3 +428,36 @@ def test_jacobian_error_estimate_bounds_the_error_of_a_loose_relaxation():
     assert actual <= est["estimate"] <= 100 * actual
     assert 0 < est["sigma_min"] < est["sigma_max"]
     assert ref.diagnostics["jacobian_error"] is None
+
+
+def test_float32_process_is_refused_before_any_work():
+    """In a process where JAX computes in float32 the derivatives are not trustworthy:
+    ``sensitivity`` says so (raise: before relaxing; ignore: as a problem) instead of
+    reporting a float32 round-off "saddle"."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import warnings
+        warnings.simplefilter("ignore")
+        import jax
+        assert not jax.config.jax_enable_x64
+        from ase.build import bulk
+        from mdsens.md import potentials, sensitivity
+        from mdsens.md.results import SensitivityError
+        atoms = bulk("Ar", "fcc", a=5.3, cubic=True)
+        lj = potentials.get("lj", sigma=3.4, epsilon=0.0104)
+        try:
+            sensitivity(atoms, lj, ["sigma"], ["energy"])
+        except SensitivityError as exc:
+            print("RAISED", "jax_enable_x64" in str(exc))
+        res = sensitivity(atoms, lj, ["sigma"], ["energy"], on_failure="ignore",
+                          relax_options={"max_steps": 200})
+        print("IGNORED", res.converged, "jax_enable_x64" in res.problems[0])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in __import__("os").environ.items()
+                                           if k != "JAX_ENABLE_X64"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RAISED True" in out.stdout and "IGNORED False True" in out.stdout, out.stdout

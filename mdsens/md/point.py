@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .diagnostics import Diagnostics, RelaxationSummary
-from .options import RelaxOptions
+from .options import DERIVATIVE_DEFAULTS, RelaxOptions
 from .system import System
 
 __all__ = ["PointOptions", "PointResult", "PointRunner", "largest_cutoff"]
@@ -43,7 +43,9 @@ class PointOptions:
       wrt, observables: parameter and observable names, as for
         :func:`~mdsens.md.sensitivity.sensitivity`.
       relax_cell: relax the cell too; pressure: external pressure, eV/Å^d.
-      relax: the :class:`~mdsens.md.RelaxOptions` of every relaxation.
+      relax: the :class:`~mdsens.md.RelaxOptions` of every relaxation (default
+        ``DERIVATIVE_DEFAULTS``: fmax 1e-8 eV/Å); its ``relax_cell`` and ``pressure`` are
+        replaced by this object's.
       sensitivity: further keyword arguments of :func:`~mdsens.md.sensitivity.sensitivity`
         (mode, solver, tol, ...; not ``relaxation``, ``on_failure``, ``relax_cell`` or
         ``pressure``, which are this object's).
@@ -53,8 +55,14 @@ class PointOptions:
     observables: tuple[str, ...]
     relax_cell: bool = False
     pressure: float = 0.0
-    relax: RelaxOptions = dataclasses.field(default_factory=RelaxOptions)
+    relax: RelaxOptions = DERIVATIVE_DEFAULTS
     sensitivity: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the relaxation relaxes the cell, at the pressure, as this object says
+        relax = RelaxOptions.resolve(self.relax, DERIVATIVE_DEFAULTS)
+        object.__setattr__(self, "relax", relax.replace(relax_cell=bool(self.relax_cell),
+                                                        pressure=float(self.pressure)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,6 +194,9 @@ def sensitivity(
       ``timings``. Its fields also read by name (``diagnostics["solves"]``).
     """
     check_policy(on_failure)
+    precision = _precision_problem()
+    if precision is not None and on_failure == "raise":
+        raise SensitivityError(precision)  # before any work
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     if hessian not in ("auto", "assembled", "autodiff"):
@@ -239,7 +242,7 @@ def sensitivity(
             and np.all(np.isfinite(np.asarray(relaxed.positions)))):
         # Nothing can be differentiated at a non-finite state, whatever the policy.
         raise SensitivityError(f"cannot differentiate a non-finite state: {relaxation.message}")
-    problems: list[str] = []
+    problems: list[str] = [] if precision is None else [precision]
     if not bool(relaxation.converged):
         problems.append(f"relaxation did not converge: {relaxation.message}")
 
@@ -397,6 +400,16 @@ def sensitivity(
                    error=SensitivityError, warning=SensitivityWarning,
                    nan=lambda r: dataclasses.replace(
                        r, derivatives=_nan_derivatives(r.derivatives)))
+
+
+def _precision_problem() -> str | None:
+    """Why this process cannot give trustworthy derivatives, if it cannot: JAX computing
+    in float32 (relaxations to fmax 1e-8 eV/Å and the derivative solves need float64)."""
+    if jax.config.jax_enable_x64:
+        return None
+    return ("JAX computes in float32 (jax_enable_x64 is off): relaxations and derivative "
+            "solves need float64; call jax.config.update('jax_enable_x64', True) at the "
+            "start of the program")
 
 
 def _nan_derivatives(derivatives: dict) -> dict:
