@@ -253,3 +253,36 @@ def test_ctrl_c_exits_130_without_a_file(tmp_path):
     assert own == ["interrupted"], stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr and stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_inside_a_garbage_collector_callback_still_ends_the_command(tmp_path):
+    """A KeyboardInterrupt that Python raises inside a GC callback (JAX registers one) cannot
+    propagate and would be dropped, the command running on: the group raises it again in
+    the command, which ends with ``interrupted`` and 130, no traceback. Simulated by a GC
+    callback that raises KeyboardInterrupt once, during a command that would else exit 0."""
+    script = tmp_path / "cmd.py"
+    script.write_text(
+        "import gc, time, click\n"
+        "from mdsens.cli import _Group\n"
+        "calls = []\n"
+        "def cb(phase, info):\n"
+        "    if phase == 'start' and not calls:\n"
+        "        calls.append(1)\n"
+        "        raise KeyboardInterrupt\n"
+        "@click.group(cls=_Group)\n"
+        "def g():\n"
+        "    pass\n"
+        "@g.command()\n"
+        "def work():\n"
+        "    gc.callbacks.append(cb)\n"
+        "    gc.collect()\n"
+        "    for _ in range(100):\n"
+        "        time.sleep(0.01)\n"
+        "    click.echo('finished')\n"
+        "g()\n")
+    proc = subprocess.run([sys.executable, str(script), "work"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          preexec_fn=_sigint_as_at_a_terminal)
+    assert proc.returncode == INTERRUPTED, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "interrupted" and "finished" not in proc.stdout

@@ -7,6 +7,9 @@ not import jax (jax is imported inside command bodies).
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from typing import Any
 
 import click
 
@@ -35,6 +38,7 @@ class _Group(click.Group):
     (see 'mdsens CMD --help')``, exit status 2, like every other bad input."""
 
     def invoke(self, ctx: click.Context):
+        interrupt = _Interrupt.install()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -43,6 +47,45 @@ class _Group(click.Group):
         except click.UsageError as exc:
             path = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
             raise BadInput(f"{exc.format_message()} (see '{path} --help')") from None
+        finally:
+            interrupt.restore()
+
+
+class _Interrupt:
+    """Ctrl-C that always ends the command. Python raises KeyboardInterrupt at the next
+    bytecode boundary of the main thread; when that boundary is inside a garbage-collector
+    callback (JAX registers one), the exception cannot propagate: Python hands it to
+    ``sys.unraisablehook``, which would print a traceback and let the command run on. While
+    a command runs, this hook takes such a KeyboardInterrupt instead and raises it again in
+    the main thread a moment later (``_thread.interrupt_main``), silently."""
+
+    def __init__(self) -> None:
+        self._previous = sys.unraisablehook
+
+    @classmethod
+    def install(cls) -> _Interrupt:
+        interrupt = cls()
+        sys.unraisablehook = interrupt._hook
+        return interrupt
+
+    def _hook(self, unraisable: Any) -> None:
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            # from another thread, once this hook has returned: raised inside the hook, it
+            # would be dropped again
+            threading.Timer(0.05, _interrupt_main).start()
+            return
+        self._previous(unraisable)
+
+    def restore(self) -> None:
+        """The command ended: the previous hook again."""
+        if sys.unraisablehook == self._hook:
+            sys.unraisablehook = self._previous
+
+
+def _interrupt_main() -> None:
+    import _thread
+
+    _thread.interrupt_main()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
