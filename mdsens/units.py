@@ -67,6 +67,41 @@ _SYMBOLS = {  # pint unit name -> H5MD symbol
 }
 _H5MD_TOKEN = re.compile(r"^([A-Za-z_]+)([-+]?[0-9]+)?$")
 
+# The H5MD forms of the units that mdsens's own observables and parameters declare ("^d"
+# filled in), so that writing a result file does not load pint (about 0.3 s a command).
+# Generated with pint; tests/test_units.py checks every entry against it. Other units take
+# the pint path.
+_H5MD = {
+    '1': '1', '1/Å': 'Angstrom-1', 'degrees': 'deg', 'eV': 'eV', 'eV Å': 'eV Angstrom',
+    'Å': 'Angstrom', 'Å^2': 'Angstrom2', 'eV/Å^2': 'eV Angstrom-2', 'Å^3': 'Angstrom3',
+    'eV/Å^3': 'eV Angstrom-3',
+}
+_COMPOSED = {
+    ('1', '1'): '1', ('1', '1/Å'): 'Angstrom', ('1', 'eV'): 'eV-1',
+    ('1', 'eV Å'): 'eV-1 Angstrom-1', ('1', 'Å'): 'Angstrom-1',
+    ('1', 'eV/Å^2'): 'Angstrom2 eV-1', ('1', 'eV/Å^3'): 'Angstrom3 eV-1',
+    ('eV', '1'): 'eV', ('eV', '1/Å'): 'eV Angstrom', ('eV', 'eV'): '1',
+    ('eV', 'eV Å'): 'Angstrom-1', ('eV', 'Å'): 'eV Angstrom-1',
+    ('eV', 'eV/Å^2'): 'Angstrom2', ('eV', 'eV/Å^3'): 'Angstrom3',
+    ('Å', '1'): 'Angstrom', ('Å', '1/Å'): 'Angstrom2', ('Å', 'eV'): 'Angstrom eV-1',
+    ('Å', 'eV Å'): 'eV-1', ('Å', 'Å'): '1', ('Å', 'eV/Å^2'): 'Angstrom3 eV-1',
+    ('Å', 'eV/Å^3'): 'Angstrom4 eV-1',
+    ('Å^2', '1'): 'Angstrom2', ('Å^2', '1/Å'): 'Angstrom3', ('Å^2', 'eV'): 'Angstrom2 eV-1',
+    ('Å^2', 'eV Å'): 'Angstrom eV-1', ('Å^2', 'Å'): 'Angstrom',
+    ('Å^2', 'eV/Å^2'): 'Angstrom4 eV-1', ('Å^2', 'eV/Å^3'): 'Angstrom5 eV-1',
+    ('Å^3', '1'): 'Angstrom3', ('Å^3', '1/Å'): 'Angstrom4', ('Å^3', 'eV'): 'Angstrom3 eV-1',
+    ('Å^3', 'eV Å'): 'Angstrom2 eV-1', ('Å^3', 'Å'): 'Angstrom2',
+    ('Å^3', 'eV/Å^2'): 'Angstrom5 eV-1', ('Å^3', 'eV/Å^3'): 'Angstrom6 eV-1',
+    ('eV/Å^2', '1'): 'eV Angstrom-2', ('eV/Å^2', '1/Å'): 'eV Angstrom-1',
+    ('eV/Å^2', 'eV'): 'Angstrom-2', ('eV/Å^2', 'eV Å'): 'Angstrom-3',
+    ('eV/Å^2', 'Å'): 'eV Angstrom-3', ('eV/Å^2', 'eV/Å^2'): '1',
+    ('eV/Å^2', 'eV/Å^3'): 'Angstrom',
+    ('eV/Å^3', '1'): 'eV Angstrom-3', ('eV/Å^3', '1/Å'): 'eV Angstrom-2',
+    ('eV/Å^3', 'eV'): 'Angstrom-3', ('eV/Å^3', 'eV Å'): 'Angstrom-4',
+    ('eV/Å^3', 'Å'): 'eV Angstrom-4', ('eV/Å^3', 'eV/Å^2'): 'Angstrom-1',
+    ('eV/Å^3', 'eV/Å^3'): '1',
+}
+
 
 @functools.lru_cache(maxsize=1)
 def registry() -> Any:
@@ -76,6 +111,11 @@ def registry() -> Any:
     reg = pint.UnitRegistry()
     reg.define("@alias angstrom = Angstrom = Ang")
     return reg
+
+
+def _with_dim(text: str, dim: int) -> str:
+    """``text`` stripped, with ``^d`` filled in (the key of the tables above)."""
+    return text.strip().replace("^d", f"^{dim}")
 
 
 def _known(text: str | None) -> bool:
@@ -135,7 +175,8 @@ def to_h5md(text: str, dim: int = 3) -> str | None:
     -> ``"1"``), or None when it is unknown."""
     if not _known(text):
         return None
-    return _format(parse(text, dim))
+    known = _H5MD.get(_with_dim(text, dim))
+    return known if known is not None else _format(parse(text, dim))
 
 
 def _format(unit: Any) -> str:
@@ -172,6 +213,9 @@ def compose(numerator: str, denominator: str, dim: int = 3) -> str | None:
         return None
     if "," in numerator or "," in denominator:
         return None
+    known = _COMPOSED.get((_with_dim(numerator, dim), _with_dim(denominator, dim)))
+    if known is not None:
+        return known
     return _format(parse(numerator, dim) / parse(denominator, dim))
 
 

@@ -130,3 +130,22 @@ def test_pressure_option_converts():
     conv = _Pressure().convert
     assert conv("1GPa", None, None) == pytest.approx(6.241509074460763e-3)
     assert conv("0.01", None, None) == 0.01
+
+
+def test_known_unit_tables_match_pint():
+    """The tables that spare pint when a result file is written hold pint's answers."""
+    for text, h5md in units._H5MD.items():
+        assert h5md == units._format(units.parse(text)), text
+        assert units.is_h5md(h5md)
+    for (num, den), h5md in units._COMPOSED.items():
+        assert h5md == units._format(units.parse(num) / units.parse(den)), (num, den)
+    assert units.to_h5md(" eV/Å^d ", dim=2) == "eV Angstrom-2"
+    assert units.compose("Å^d", "eV/Å^d", dim=2) == "Angstrom4 eV-1"
+
+
+def test_writing_declared_units_does_not_load_pint():
+    code = ("import sys; from mdsens import units; "
+            "assert units.to_h5md('eV/Å^d') == 'eV Angstrom-3'; "
+            "assert units.compose('Å^3', 'eV') == 'Angstrom3 eV-1'; "
+            "assert 'pint' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
