@@ -289,7 +289,11 @@ def enable_x64() -> None:
     from ..compile_cache import enable
 
     jax.config.update("jax_enable_x64", True)
-    enable()
+    directory = enable()
+    if directory is not None:
+        from ..md import stage_store
+
+        stage_store.enable(directory / "stages")
 
 
 def check_index(index: str | None) -> None:
@@ -830,13 +834,14 @@ def check_energy(system: Any, potential: Any, path: Path) -> Any:
     import jax
 
     from ..md.model import EnergyModel, build
+    from ..md.stage_store import stage as persistent_stage
 
     runtime_error = getattr(jax.errors, "JaxRuntimeError", RuntimeError)
     try:
         model = build(system, potential)
         cell = system.cell if system.is_periodic else None
         nbrs = model.allocate(system.positions, cell)
-        energy_fn = jax.jit(EnergyModel.energy, static_argnums=0)
+        energy_fn = persistent_stage(EnergyModel.energy, static_argnums=(0,))
         energy = float(energy_fn(model, system.positions, cell, potential.params, nbrs))
     except (ValueError, TypeError) as exc:
         raise BadInput(f"{path}: cannot evaluate the potential: {exc}") from None

@@ -24,6 +24,7 @@ allocated for its kept point.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from ._relaxation import Relaxation, Status
 from .model import EnergyModel, Neighbors
 from .options import RelaxOptions
 from .potentials.base import LJ_BOND_STIFFNESS
+from .stage_store import stage as persistent_stage
 from .system import System
 
 __all__ = ["MAX_STALLED_REPAIRS", "context", "default_params", "drive", "params_finite",
@@ -71,9 +73,9 @@ def _converged_many(ctx, aux):
 
 
 _jit = {
-    "init": jax.jit(_init_one, static_argnums=0),
+    "init": persistent_stage(_init_one, static_argnums=(0,)),
     "init_many": jax.jit(_init_many, static_argnums=0),
-    "chunk": jax.jit(_loop.run_chunk, static_argnums=0),
+    "chunk": persistent_stage(_loop.run_chunk, static_argnums=(0,)),
     "chunk_many": jax.jit(_loop.run_chunk_batched, static_argnums=0),
     "refresh": jax.jit(_refresh, static_argnums=0),
     "refresh_many": jax.jit(_refresh_many, static_argnums=0),
@@ -115,7 +117,7 @@ def context(system: System, params: dict, options: RelaxOptions,
         stress_tol = options.fmax / v_atom ** ((d - 1) / d)
 
     def scalar(x: float) -> jax.Array:
-        return jnp.asarray(x, dtype)
+        return jax.device_put(np.asarray(x, dtype))  # no eager program
 
     return _loop.Context(
         params=params,
@@ -243,9 +245,10 @@ class _Members:
 
     def carry(self, state, step, stop) -> _loop.Carry:
         shape = (self.k,) if self.batched else ()
-        return _loop.Carry(state, jnp.asarray(step.reshape(shape), jnp.int32),
-                           jnp.asarray(stop.reshape(shape), jnp.int32),
-                           jnp.zeros(shape, jnp.int32), jnp.zeros(shape, jnp.int32))
+        def host(x):  # device_put: no eager program per call site
+            return jax.device_put(np.asarray(x, np.int32).reshape(shape))
+
+        return _loop.Carry(state, host(step), host(stop), host(0), host(0))
 
     def repair(self, ctx, state, repair: list[int], stalled: np.ndarray
                ) -> tuple[Any, np.ndarray]:
@@ -294,20 +297,27 @@ def terminal_status(flags: int, converged: bool, step: int, max_steps: int
     return None
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def _final(position: Any, aux: _loop.Aux, ctx: _loop.Context, relax_cell: bool) -> tuple:
+    """``(R, cell, fmax, stress residual, interactions vanished)`` of a loop state, as one
+    program (op by op, these are a dozen small programs to compile or load)."""
+    R, cell = _loop.to_cartesian(position, ctx, relax_cell)
+    fmax_now, sres = _loop.residuals(aux, ctx)
+    return R, cell, fmax_now, sres, _loop.interactions_vanished(aux.energy, ctx)
+
+
 def _relaxation(system: System, state: Any, ctx: _loop.Context, options: RelaxOptions,
                 steps: int, status: Status, model: EnergyModel, fresh_list: bool,
                 start_energy: float) -> Relaxation:
     """The :class:`Relaxation` of one member's loop state (``system`` gives the layout);
     ``fresh_list``: allocate a list for the kept point (the state's is a trial's)."""
     relax_cell = options.relax_cell
-    R, cell = _loop.to_cartesian(state.position, ctx, relax_cell)
-    fmax_now, sres = _loop.residuals(state.aux, ctx)
+    R, cell, fmax_now, sres, vanished = _final(state.position, state.aux, ctx, relax_cell)
     nbrs = state.aux.nbrs
     if fresh_list and nbrs is not None:
         nbrs = model.allocate(R, cell)
     energy = state.aux.energy
-    if relax_cell and status is Status.CONVERGED and start_energy != 0 and \
-            bool(_loop.interactions_vanished(energy, ctx)):
+    if relax_cell and status is Status.CONVERGED and start_energy != 0 and bool(vanished):
         status = Status.CELL_DIVERGED  # a "minimum" where nothing interacts: a runaway cell
     return Relaxation(
         system=system.replace(positions=R, cell=cell),
@@ -340,7 +350,7 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
     q0 = []
     for s in systems:
         R = jnp.asarray(s.positions)
-        q0.append((R, jnp.zeros((d, d), R.dtype)) if relax_cell else R)
+        q0.append((R, jax.device_put(np.zeros((d, d), R.dtype))) if relax_cell else R)
 
     alone: set[int] = set()  # members relaxed again on their own
     lists = None

@@ -221,7 +221,8 @@ class RootProblem:
         if not self.relax_cell:
             return modes
         k = modes.shape[0]
-        return {"R": modes, "eps": jnp.zeros((k, n_voigt(self.dim)), modes.dtype)}
+        return {"R": modes,
+                "eps": jax.device_put(np.zeros((k, n_voigt(self.dim)), modes.dtype))}
 
 
 jax.tree_util.register_dataclass(

@@ -81,6 +81,7 @@ from .root_problem import (
     preconditioner_data,
     user_specs,
 )
+from .stage_store import stage as persistent_stage
 from .strain import n_voigt
 from .system import System
 
@@ -256,12 +257,14 @@ def sensitivity(
     R_star = jnp.asarray(relaxed.positions, jnp.float64)
     cell0 = jnp.asarray(relaxed.cell, jnp.float64) if periodic else None
     problem = RootProblem(model, nbrs, specs, {k: jnp.asarray(v) for k, v in params.items()},
-                          cell0, dim, relax_cell, jnp.asarray(pressure, jnp.float64),
+                          cell0, dim, relax_cell,
+                          jax.device_put(np.asarray(pressure, np.float64)),
                           params_fn=params_fn)
     theta0 = (user_theta if user_theta is not None
               else initial_theta(specs, potential, dim, pressure, params))
     if relax_cell:
-        x_star = {"R": R_star, "eps": jnp.zeros((n_voigt(dim),), jnp.float64)}
+        x_star = {"R": R_star,
+                  "eps": jax.device_put(np.zeros((n_voigt(dim),), np.float64))}
     else:
         x_star = R_star
 
@@ -282,8 +285,7 @@ def sensitivity(
 
     # 4. root residual and curvature ----------------------------------------------------
     t0 = time.perf_counter()
-    flat_null = jax.vmap(lambda t: ravel_pytree(t)[0])(nullspace)
-    q, _ = jnp.linalg.qr(flat_null.T)
+    q = _orthonormal_basis(nullspace)
     residual, ritz, count = _check_stage(lanczos_steps if curvature_check else 0,
                                          plan.hessian, problem, x_star, theta0, q)
     residual = float(residual)
@@ -329,7 +331,7 @@ def sensitivity(
     if plain:
         shapes = jax.eval_shape(functools.partial(_observe, plain, ctx, problem),
                                 x_star, theta0)
-        n_in = int(ravel_pytree(theta0)[0].size)
+        n_in = int(sum(np.size(v) for v in jax.tree.leaves(theta0)))
         n_out = int(sum(np.prod(v.shape, dtype=int) for v in shapes.values()))
         chosen = mode if mode != "auto" else ("forward" if n_in <= n_out else "reverse")
         stage = _forward_stage if chosen == "forward" else _reverse_stage
@@ -465,7 +467,7 @@ def _position_hvp(problem: RootProblem, x_star, theta0, hessian: str = "autodiff
     return hvp
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(persistent_stage, static_argnums=(0, 1))
 def _blocks_stage(colored: bool, hessian: str, problem, x_star, theta0, masks):
     hvp = _position_hvp(problem, x_star, theta0, hessian)
     if hasattr(hvp, "diagonal_blocks"):  # assembled: the blocks are sums of stiffnesses
@@ -505,12 +507,21 @@ def _diagonal_blocks(problem, x_star, theta0, rattlers, preconditioner, hessian)
         # pad to a multiple of 8 colours (zero probes add nothing) so that the colour count
         # of a new state rarely changes the compiled shape
         masks = np.vstack([masks, np.zeros((-len(masks) % 8, n))])
-        masks = jnp.asarray(masks)
+        masks = jax.device_put(masks)
         return np.asarray(_blocks_stage(True, hessian, problem, x_star, theta0, masks))
     return np.asarray(_blocks_stage(False, hessian, problem, x_star, theta0, None))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@jax.jit
+def _orthonormal_basis(nullspace):
+    """Orthonormal columns ``q`` (n_x, k) spanning the ``k`` zero modes (QR; one program
+    instead of several eager ones)."""
+    flat_null = jax.vmap(lambda t: ravel_pytree(t)[0])(nullspace)
+    q, _ = jnp.linalg.qr(flat_null.T)
+    return q
+
+
+@functools.partial(persistent_stage, static_argnums=(0, 1))
 def _check_stage(steps: int, hessian: str, problem, x_star, theta0, q):
     """‖P F‖ (the root residual off the zero modes, P = I − q qᵀ) and, for ``steps`` > 0,
     the Ritz values of P H P from ``steps`` Lanczos steps (count valid first)."""
@@ -581,7 +592,7 @@ def _stage_tools(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
     return solve, operator, functools.partial(_observe, plain, ctx, problem)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(persistent_stage, static_argnums=(0, 1))
 def _forward_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
     """Values and one JVP solve per parameter component."""
     F = problem.F
@@ -602,7 +613,7 @@ def _forward_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx
     return observe(x_star, theta0), obs_dots, infos
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@functools.partial(persistent_stage, static_argnums=(0, 1))
 def _reverse_stage(plan, plain, problem, x_star, theta0, nullspace, precond, ctx):
     """Values and one VJP solve per observable component."""
     F = problem.F

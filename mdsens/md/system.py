@@ -30,9 +30,11 @@ Array = jax.Array
 
 def _as_float_array(x: Any) -> Array:
     """float64 unless ``x`` is already a floating array (then its dtype is kept)."""
-    if isinstance(x, (np.ndarray, jax.Array)) and np.issubdtype(x.dtype, np.floating):
-        return jnp.asarray(x)
-    return jnp.asarray(np.asarray(x, dtype=np.float64))
+    if isinstance(x, jax.Array) and np.issubdtype(x.dtype, np.floating):
+        return x
+    if isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating):
+        return jax.device_put(x)  # jnp.asarray would compile a program per shape
+    return jax.device_put(np.asarray(x, dtype=np.float64))
 
 
 def _symbol_order(symbol: str) -> tuple[int, str]:
@@ -129,7 +131,7 @@ class System:
             if missing:
                 raise ValueError(f"species {sorted(missing)} not in species_names {labels}")
             pos = {s: k for k, s in enumerate(labels)}
-            return jnp.asarray([pos[s] for s in symbols], jnp.int32), labels
+            return jax.device_put(np.asarray([pos[s] for s in symbols], np.int32)), labels
         if names is None:
             raise ValueError("integer species need species_names=(...)")
         if n and (arr.min() < 0 or arr.max() >= len(names)):

@@ -34,15 +34,18 @@ def rigid_modes(positions: Array, periodic: bool) -> Array:
     """Translations (d modes) and, for free systems, rotations about the centre of mass
     (1 in 2D, 3 in 3D), as a ``(k, N, d)`` array."""
     n, d = positions.shape
+    if periodic:  # built on the host: no eager programs
+        modes = np.zeros((d, n, d), positions.dtype)
+        modes[np.arange(d), :, np.arange(d)] = 1.0
+        return jax.device_put(modes)
     modes = [jnp.zeros((n, d), positions.dtype).at[:, a].set(1.0) for a in range(d)]
-    if not periodic:
-        x = positions - positions.mean(axis=0)
-        if d == 2:
-            modes.append(jnp.stack([-x[:, 1], x[:, 0]], axis=1))
-        else:
-            for axis in range(3):
-                omega = jnp.zeros(3, positions.dtype).at[axis].set(1.0)
-                modes.append(jnp.cross(omega, x))
+    x = positions - positions.mean(axis=0)
+    if d == 2:
+        modes.append(jnp.stack([-x[:, 1], x[:, 0]], axis=1))
+    else:
+        for axis in range(3):
+            omega = jnp.zeros(3, positions.dtype).at[axis].set(1.0)
+            modes.append(jnp.cross(omega, x))
     return jnp.stack(modes)
 
 

@@ -68,7 +68,7 @@ def as_param(value: Any) -> Array:
     arr = np.asarray(value)
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
-    return jnp.asarray(arr)
+    return jax.device_put(arr)  # jnp.asarray would compile a program per shape
 
 
 _SELECT_SPECIES_MAX = 4  # above: one gather per slot and parameter
