@@ -313,3 +313,21 @@ def test_catalog_observables_match_library():
         else:
             observables.resolve([info.name], periodic=False)
     assert catalog.observable("distances").needs
+
+
+def test_quick_exit_keeps_output_and_status(tmp_path):
+    """``python -m mdsens.cli`` ends with ``os._exit`` after the exit handlers: the whole
+    output is flushed (also into a pipe) and the status is the command's."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ok = subprocess.run([sys.executable, "-m", "mdsens.cli", "potentials"], cwd=tmp_path,
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and "lennard_jones" in ok.stdout and ok.stdout.endswith("\n")
+    bad = subprocess.run([sys.executable, "-m", "mdsens.cli", "relax", "missing.xyz", "-p",
+                          "lj", "-o", "x.h5"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("Error")
+    script = ("import atexit, sys; atexit.register(lambda: print('handler ran')); "
+              "sys.argv = ['mdsens', 'potentials']; from mdsens.cli import run; run()")
+    ran = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                         text=True, env=env)
+    assert ran.returncode == 0 and ran.stdout.rstrip().endswith("handler ran")

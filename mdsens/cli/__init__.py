@@ -1,4 +1,4 @@
-"""The ``mdsens`` command line (click). Console script: ``mdsens = mdsens.cli:main``.
+"""The ``mdsens`` command line (click). Console script: ``mdsens = mdsens.cli:run``.
 
 Commands live in small modules; this package imports only click, so ``mdsens --help`` does
 not import jax (jax is imported inside command bodies).
@@ -6,6 +6,7 @@ not import jax (jax is imported inside command bodies).
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -23,7 +24,7 @@ from .relax import relax_cmd
 from .scan import scan_cmd
 from .sensitivity import sensitivity_cmd
 
-__all__ = ["INTERRUPTED", "ExitCode", "main"]
+__all__ = ["INTERRUPTED", "ExitCode", "main", "run"]
 
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT, as a shell reports a process killed by it)."""
@@ -121,3 +122,35 @@ main.add_command(inspect_cmd)
 main.add_command(plot_cmd)
 main.add_command(potentials_cmd)
 main.add_command(scan_cmd)
+
+
+def run() -> None:
+    """The console script (and ``python -m mdsens.cli``): :data:`main`, then a quick exit.
+
+    Non-daemon threads are joined, the exit handlers run (``atexit``: logging, jax's own
+    clean-up, ...) and the output streams are flushed, but the interpreter's teardown of
+    jax and of every loaded module (0.3-0.6 s, more than many commands' own work) is
+    skipped: every file a command
+    writes is complete and closed before it returns. ``main`` itself (click's test runner,
+    a Python caller) keeps the normal exit.
+    """
+    try:
+        main(prog_name="mdsens")
+        status = 0
+    except SystemExit as exc:  # click's standalone mode always ends here
+        code = exc.code
+        if code is None or isinstance(code, int):
+            status = code or 0
+        else:  # sys.exit("message"): printed, status 1, as the interpreter does
+            print(code, file=sys.stderr)
+            status = 1
+    for thread in threading.enumerate():  # what the interpreter's shutdown would wait for
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (``mdsens ... | head``)
+            pass
+    os._exit(status)

@@ -1,6 +1,6 @@
 """``python -m mdsens.cli``."""
 
-from . import main
+from . import run
 
 if __name__ == "__main__":
-    main(prog_name="mdsens")
+    run()
