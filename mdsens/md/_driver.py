@@ -98,13 +98,21 @@ def natural_scales(params: dict) -> tuple[float, float]:
     return biggest("sigma"), biggest("epsilon")
 
 
+def _on_device(x: Any) -> Any:
+    """``x`` as a jax array: as it is when it is one, else ``device_put`` (``jnp.asarray``
+    of a numpy array compiles a small program per shape). None stays None."""
+    if x is None or isinstance(x, jax.Array):
+        return x
+    return jax.device_put(np.asarray(x))
+
+
 def context(system: System, params: dict, options: RelaxOptions,
             stiffness: float = LJ_BOND_STIFFNESS) -> _loop.Context:
     """The traced data of one relaxation of ``system`` at ``params`` (``minimize``'s
     docstring: ℓ and ε from the parameters, τ = ℓ sqrt(m/ε) sqrt(κ_LJ/κ) with κ the
     potential's ``bond_stiffness``; the default ``stress_tol`` from the start cell's volume
     per atom; the strain scale ``c = sqrt(N) v^(1/d)``)."""
-    R0 = jnp.asarray(system.positions)
+    R0 = _on_device(system.positions)
     n, d = R0.shape
     dtype = R0.dtype
     ell, eps = natural_scales(params)
@@ -121,7 +129,7 @@ def context(system: System, params: dict, options: RelaxOptions,
 
     return _loop.Context(
         params=params,
-        cell0=jnp.asarray(system.cell),
+        cell0=_on_device(system.cell),
         cell_factor=scalar(math.sqrt(n) * v_atom ** (1 / d)),
         pressure=scalar(options.pressure),
         fmax=scalar(options.fmax),
@@ -248,7 +256,8 @@ class _Members:
         def host(x):  # device_put: no eager program per call site
             return jax.device_put(np.asarray(x, np.int32).reshape(shape))
 
-        return _loop.Carry(state, host(step), host(stop), host(0), host(0))
+        zero = np.zeros(shape, np.int32)
+        return _loop.Carry(state, host(step), host(stop), host(zero), host(zero))
 
     def repair(self, ctx, state, repair: list[int], stalled: np.ndarray
                ) -> tuple[Any, np.ndarray]:
@@ -306,6 +315,12 @@ def _final(position: Any, aux: _loop.Aux, ctx: _loop.Context, relax_cell: bool) 
     return R, cell, fmax_now, sres, _loop.interactions_vanished(aux.energy, ctx)
 
 
+@jax.jit
+def _fmax(aux: _loop.Aux, ctx: _loop.Context) -> jax.Array:
+    """Largest force norm of a loop state, eV/Å (one program, for the progress callback)."""
+    return _loop.residuals(aux, ctx)[0]
+
+
 def _relaxation(system: System, state: Any, ctx: _loop.Context, options: RelaxOptions,
                 steps: int, status: Status, model: EnergyModel, fresh_list: bool,
                 start_energy: float) -> Relaxation:
@@ -349,7 +364,7 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
     d = systems[0].dim
     q0 = []
     for s in systems:
-        R = jnp.asarray(s.positions)
+        R = _on_device(s.positions)
         q0.append((R, jax.device_put(np.zeros((d, d), R.dtype))) if relax_cell else R)
 
     alone: set[int] = set()  # members relaxed again on their own
@@ -358,7 +373,7 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
         if nbrs is not None:
             lists = [nbrs] * k_members
         else:
-            lists = [model.allocate(jnp.asarray(s.positions), s.cell) for s in systems]
+            lists = [model.allocate(_on_device(s.positions), s.cell) for s in systems]
     if members.batched:
         ctx, q = stack(ctxs), stack(q0)
         if lists is not None:
@@ -429,8 +444,7 @@ def drive(model: EnergyModel, systems: Sequence[System], params: Sequence[dict],
         stalled[new_step > step] = 0
         step = new_step
         if callback is not None and not members.batched:
-            fmax_now, _ = _loop.residuals(state.aux, ctx)
-            callback(int(step[0]), float(state.aux.energy), float(fmax_now))
+            callback(int(step[0]), float(state.aux.energy), float(_fmax(state.aux, ctx)))
 
     results = []
     for k in range(k_members):
