@@ -135,10 +135,7 @@ class PointRunner:
         pos, cell = (np.asarray(a, np.float64) for a in start)
         if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(cell))):
             return self.system, False
-        import jax
-
-        return self.system.replace(positions=jax.device_put(pos),
-                                   cell=jax.device_put(cell)), True
+        return self.system.replace(positions=pos, cell=cell), True
 
     def compute(self, potential: Any, options: PointOptions,
                 start: tuple[Any, Any] | None = None) -> PointResult:
