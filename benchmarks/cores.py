@@ -1,7 +1,10 @@
 """Parallel scaling on K cores: mdsens ``relax`` on K cores vs LAMMPS ``mpirun -np K lmp``,
 each pinned to the same K cores.
 
-mdsens uses the K cores through XLA's own thread pool (``--parallel threads``, default: one
+mdsens uses the K cores through K pinned worker processes that split each force
+evaluation by rows and exchange them through shared memory (``--parallel processes``:
+``mdsens.md.processes.ProcessPool(K)``, started once before the first call), through XLA's
+own thread pool (``--parallel threads``, default: one
 JAX device, the process pinned to K cores; the force loop's blocks are sized for it,
 ``mdsens.md.potentials.pair.row_chunk``), or, with ``--parallel devices``, by splitting each
 force evaluation over K JAX CPU devices (``mdsens.md.sharding``; on jaxlib 0.10 the CPU
@@ -152,10 +155,16 @@ def worker(cfg_path: str) -> None:
     model = build(system, pot, devices=K if K > 1 and cfg["parallel"] == "devices" else None)
     t_build = time.perf_counter() - t0
     mesh_devices = 1 if model.mesh is None else int(model.mesh.devices.size)
+    pool = None
+    if cfg["parallel"] == "processes":
+        from mdsens.md.processes import ProcessPool
+
+        pool = ProcessPool(K)  # K pinned worker processes, started once
 
     def one():
         t0 = time.perf_counter()
-        res = md_relax(system, model, **kw)
+        res = (md_relax(system, model, **kw) if pool is None
+               else pool.relax(system, pot, **kw))
         e = float(res.energy)  # blocks
         wall = time.perf_counter() - t0
         return res, {"wall": wall, "steps": int(res.steps), "fmax": float(res.fmax),
@@ -165,7 +174,8 @@ def worker(cfg_path: str) -> None:
     res, first = one()
     traces = compiled_total()
     warm = [one()[1] for _ in range(cfg["repeats"])]
-    recompiled = compiled_total() != traces
+    # (with processes the loop compiles in the workers: only the step counts are checked)
+    recompiled = compiled_total() != traces if pool is None else None
     out = {"jax_devices": jax.device_count(), "mesh_devices": mesh_devices,
            "parallel": cfg["parallel"],
            "import_s": t_import, "build_s": t_build, "first": first, "warm": warm,
@@ -189,6 +199,8 @@ def worker(cfg_path: str) -> None:
         d = R_l - np.asarray(res.system.positions)
         d -= np.round(d / L) * L
         out["max_dR_vs_lammps"] = float(np.abs(d).max())
+    if pool is not None:
+        pool.close()
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -488,8 +500,10 @@ def main(argv=None) -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parallel", choices=["threads", "devices"], default="threads",
-                   help="how mdsens uses K cores: XLA's thread pool on one device "
+    p.add_argument("--parallel", choices=["threads", "devices", "processes"],
+                   default="threads",
+                   help="how mdsens uses K cores: K worker processes "
+                        "(mdsens.md.processes), XLA's thread pool on one device "
                         "(default) or K JAX CPU devices (mdsens.md.sharding)")
     p.add_argument("--cores", type=int, nargs="+", default=[1, 2],
                    help="core counts K to run (default 1 2); efficiency needs K = 1")

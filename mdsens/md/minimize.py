@@ -175,6 +175,9 @@ def relax(
     """
     options = RelaxOptions.of(options, **settings)
     check_policy(on_failure)
+    if options.processes > 1:
+        return _relax_on_processes(system, potential, options, callback, on_failure, params,
+                                   nbrs)
     system = _as_system(system, "relax")
     if options.relax_cell and not system.is_periodic:
         raise ValueError("relax_cell=True needs a periodic system")
@@ -184,6 +187,16 @@ def relax(
     (result,) = _driver.drive(model, [system], [params], options, nbrs=nbrs,
                               callback=callback)
     return apply_policy(result, on_failure)
+
+
+def _relax_on_processes(system, potential, options, callback, on_failure, params, nbrs):
+    """``relax`` on a :class:`~mdsens.md.processes.ProcessPool` started for this call."""
+    from .processes import ProcessPool
+
+    if callback is not None or nbrs is not None:
+        raise ValueError("processes > 1 takes no callback and no nbrs: use processes=1")
+    with ProcessPool(options.processes) as pool:
+        return pool.relax(system, potential, options, on_failure=on_failure, params=params)
 
 
 def relax_batch(
@@ -230,6 +243,9 @@ def relax_batch(
     """
     options = RelaxOptions.of(options, **settings)
     check_policy(on_failure)
+    if options.processes > 1:
+        raise ValueError("relax_batch runs in this process: use processes=1 (or a "
+                         "ProcessPool per member)")
     params = list(params)
     n_members = len(params)
     if n_members == 0:

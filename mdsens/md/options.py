@@ -66,6 +66,9 @@ class RelaxOptions:
       capacity_multiplier: spare neighbour-list capacity at allocation.
       devices: devices that share each energy evaluation (``mdsens.md.sharding``):
         ``"auto"`` (all of them for large systems), a count, or None (one device).
+      processes: CPU worker processes that share one relaxation, one pinned core each
+        (:class:`mdsens.md.processes.ProcessPool`, started for the call; keep a pool
+        for many calls); 1: this process. Pair potentials with a neighbour list.
     """
 
     method: Method = "fire"
@@ -84,6 +87,7 @@ class RelaxOptions:
     skin: float | None = None
     capacity_multiplier: float = 1.25
     devices: str | int | None = "auto"
+    processes: int = 1
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -125,6 +129,7 @@ class RelaxOptions:
                                                    and self.devices >= 1)):
             raise ValueError(f"devices must be 'auto', None or a count >= 1, "
                              f"got {self.devices!r}")
+        put("processes", _count("processes", self.processes, 1))
 
     @classmethod
     def of(cls, options: RelaxOptions | dict | None = None, **settings: Any) -> RelaxOptions:

@@ -34,6 +34,7 @@ from jax import shard_map
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import PartitionSpec as P
 
+from .._exchange import ProcessRows, exchange
 from ..geometry import Geometry, Neighborhood
 from ..sharding import AXIS, usable_cores
 from ._fusion import materialize
@@ -222,11 +223,14 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
     Blocked evaluations of periodic lists with image slots read the displacements from
     the images (``Geometry.image_neighborhood_fn``), the others take the minimum image.
     With a ``mesh`` (:mod:`mdsens.md.sharding`) the blocks are split evenly over its
-    devices, each of which sees every position and returns its own rows."""
+    devices, each of which sees every position and returns its own rows; with a
+    :class:`~mdsens.md._exchange.ProcessRows` this process evaluates its own block and
+    receives the others' from its peer processes (:mod:`mdsens.md.processes`)."""
     n, d = R.shape
     blocked = n > CHUNKED_ABOVE
     chunk = min(row_chunk(), n) if blocked else n
     n_chunks = -(-n // chunk)
+    processes = mesh if isinstance(mesh, ProcessRows) else None
     shards = mesh.size if (mesh is not None and blocked) else 1
     n_chunks = -(-n_chunks // shards) * shards
     rows = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
@@ -274,22 +278,36 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
         return jax.lax.map(block, rows)
 
     args = (R, cell, species, idx, images, sym)
-    if n_chunks == 1:
-        out = blocks(*args, None)
-        real = jnp.ones((n,), bool)
+    real = (np.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)  # repeated rows
+    if processes is not None and shards > 1:
+        # this process's block of rows; the others' come through shared memory
+        per = n_chunks // shards
+        mine = slice(processes.rank * per, (processes.rank + 1) * per)
+        out = blocks(*args, rows[mine])
+        real_mine = real[mine]
+        w_mine = (jnp.sum(jnp.where(real_mine[..., None], out[2], 0.0
+                                    ).reshape(-1, len(pairs)), axis=0)
+                  if virial else jnp.zeros((1,), R.dtype))
+        energy, grad, w = exchange(processes, jnp.sum(jnp.where(real_mine, out[0], 0.0)),
+                                   out[1].reshape(per * chunk, d), w_mine, R)
+        grad = grad[:n]
     else:
-        if shards > 1:
+        if n_chunks == 1:
+            out = blocks(*args, None)
+            real = np.ones((n,), bool)
+        elif shards > 1:
             split = shard_map(blocks, mesh=mesh, in_specs=(P(),) * len(args) + (P(AXIS),),
                               out_specs=P(AXIS), check_vma=False)
             out = split(*args, rows)
         else:
             out = blocks(*args, rows)
-        real = (jnp.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)  # repeated rows
-    energy = jnp.sum(jnp.where(real, out[0], 0.0))
-    grad = out[1].reshape(n_chunks * chunk, d)[:n]
+        energy = jnp.sum(jnp.where(real, out[0], 0.0))
+        grad = out[1].reshape(-1, d)[:n]
+        if virial:
+            w = jnp.sum(jnp.where(real[..., None], out[2], 0.0).reshape(-1, len(pairs)),
+                        axis=0)
     if not virial:
         return energy, grad
-    w = jnp.sum(jnp.where(real[..., None], out[2], 0.0).reshape(-1, len(pairs)), axis=0)
     W = jnp.zeros((d, d), R.dtype)
     for q, (k, m) in enumerate(pairs):
         W = W.at[k, m].set(w[q]).at[m, k].set(w[q])

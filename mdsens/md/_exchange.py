@@ -1,0 +1,218 @@
+r"""Force rows shared between worker processes through POSIX shared memory.
+
+K worker processes (:mod:`mdsens.md.processes`) relax one system together: each evaluates
+the energy terms and position gradients of its own contiguous block of neighbour-list rows
+(``rank`` of ``size``), then every process needs the whole gradient. :func:`exchange` does
+that from inside the compiled loop (a ``jax.experimental.io_callback``):
+
+1. write my rows of :math:`\partial E/\partial R` into the shared ``(n_rows, d)`` array and
+   my partial energy and virial into my slot;
+2. publish my evaluation count (a counter in the segment's header);
+3. wait until every process has published this evaluation;
+4. read the whole array, and sum the energies and virials **in rank order**, so every
+   process holds bitwise the same numbers (the replicas then take identical steps).
+
+Two copies of the data area alternate by evaluation parity: a process can be at most one
+evaluation ahead of the slowest (it waits for everyone's count), so it never overwrites
+rows a peer is still reading.
+
+Segment layout (float64 / int64, 8-byte words): ``[abort, count_0 .. count_{K-1}]`` padded
+to 64 words, then per parity ``K * 11`` scalars (energy, a checksum of the positions,
+virial 3×3) and ``n_rows * d`` gradient entries.
+
+Waiting spins for a short while, then sleeps in growing steps (≤ 1 ms), so a process whose
+peer is descheduled does not keep its core busy. A peer that fails sets ``abort``; a peer
+that stops answering fails the exchange after ``timeout`` seconds, and so do replicas
+whose positions differ (a checksum travels with the rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ExchangeAborted", "ExchangeTimeout", "ProcessRows", "RowChannel", "attach",
+           "exchange", "segment_bytes"]
+
+HEADER_WORDS = 64
+MAX_VIRIAL = 9
+SCALARS = 2 + MAX_VIRIAL  # energy, position checksum, virial
+
+
+class ExchangeTimeout(RuntimeError):
+    """A peer process did not publish its rows in time."""
+
+
+class ExchangeAborted(RuntimeError):
+    """A peer process failed (it set the segment's abort word)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessRows:
+    """This process's share of every energy-and-force evaluation (hashable: it is part of
+    the compiled program's identity).
+
+    Attributes:
+      rank: this process's index, 0 ≤ rank < size; it evaluates row block ``rank``.
+      size: processes sharing the evaluation.
+      channel: name of the shared-memory segment (:func:`attach` opens it).
+    """
+
+    rank: int
+    size: int
+    channel: str
+
+
+def segment_bytes(size: int, n_rows: int, dim: int) -> int:
+    """Bytes of a segment for ``size`` processes and up to ``n_rows`` rows of ``dim``."""
+    return 8 * (HEADER_WORDS + 2 * (size * SCALARS + n_rows * dim))
+
+
+class RowChannel:
+    """One process's view of a segment (see the module docstring).
+
+    A failure (a peer's abort, a timeout, replicas whose positions differ) does not raise
+    inside the compiled program (XLA cannot unwind a host callback): the exchange then
+    returns NaN at once, which ends the relaxation (non-finite trials), and
+    :attr:`failure` says why; the worker reports it.
+    """
+
+    def __init__(self, buffer: Any, size: int, n_rows: int, dim: int, timeout: float):
+        self.size, self.n_rows, self.dim, self.timeout = size, n_rows, dim, timeout
+        self.header = np.ndarray((HEADER_WORDS,), np.int64, buffer, 0)
+        offset = 8 * HEADER_WORDS
+        self.scalars, self.rows = [], []
+        for _ in range(2):
+            self.scalars.append(np.ndarray((size, SCALARS), np.float64, buffer, offset))
+            offset += 8 * size * SCALARS
+            self.rows.append(np.ndarray((n_rows, dim), np.float64, buffer, offset))
+            offset += 8 * n_rows * dim
+        self.count = 0
+        self.failure: str | None = None
+        self.seconds = {"exchange": 0.0, "wait": 0.0}
+
+    def reset(self) -> None:
+        """Start counting evaluations (and the time spent exchanging and waiting for
+        peers, :attr:`seconds`) from zero (every process, before a new job)."""
+        self.count = 0
+        self.failure = None
+        self.seconds = {"exchange": 0.0, "wait": 0.0}
+
+    def abort(self) -> None:
+        self.header[0] = 1
+
+    def exchange(self, rank: int, energy: np.ndarray, grad: np.ndarray, virial: np.ndarray,
+                 checksum: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Publish this rank's ``energy`` (scalar), ``grad`` ``(rows_per_rank, d)``,
+        ``virial`` (≤ 9 entries) and ``checksum`` (of the positions: every replica must
+        send the same); return the totals and the whole gradient, identical in every
+        process (NaN after a failure)."""
+        self.count += 1
+        per = grad.shape[0]
+        if self.failure is None:
+            start = time.perf_counter()
+            try:
+                return self._exchange(rank, energy, grad, virial, checksum, per)
+            except (ExchangeAborted, ExchangeTimeout) as err:
+                self.failure = str(err)
+                self.abort()
+            finally:
+                self.seconds["exchange"] += time.perf_counter() - start
+        nan = np.full((), np.nan)
+        return (nan, np.full((per * self.size, grad.shape[1]), np.nan),
+                np.full(virial.shape, np.nan))
+
+    def _exchange(self, rank, energy, grad, virial, checksum, per):
+        parity = self.count % 2
+        rows, scalars = self.rows[parity], self.scalars[parity]
+        rows[rank * per:(rank + 1) * per] = grad
+        scalars[rank, 0] = energy
+        scalars[rank, 1] = checksum
+        scalars[rank, 2:2 + virial.size] = virial.ravel()
+        self.header[1 + rank] = self.count
+        start = time.perf_counter()
+        self._wait()
+        self.seconds["wait"] += time.perf_counter() - start
+        if np.any(scalars[:, 1] != scalars[rank, 1]):
+            raise ExchangeAborted(f"the worker processes' positions differ at evaluation "
+                                  f"{self.count} (their states drifted apart)")
+        total = scalars[0].copy()
+        for r in range(1, self.size):  # rank order: the same rounding everywhere
+            total = total + scalars[r]
+        return (np.asarray(total[0]), rows[:per * self.size].copy(),
+                total[2:2 + virial.size].reshape(virial.shape))
+
+    def _wait(self) -> None:
+        counts = self.header[1:1 + self.size]
+        spins, start, pause = 0, None, 2e-6
+        while True:
+            if self.header[0]:
+                raise ExchangeAborted("a peer process failed")
+            if int(counts.min()) >= self.count:
+                return
+            spins += 1
+            if spins < 20000:
+                continue
+            now = time.monotonic()
+            if start is None:
+                start = now
+            elif now - start > self.timeout:
+                raise ExchangeTimeout(
+                    f"a peer process did not answer within {self.timeout:g} s")
+            time.sleep(pause)
+            pause = min(2 * pause, 1e-3)
+
+
+_CHANNELS: dict[str, tuple[Any, RowChannel]] = {}
+
+
+def attach(name: str, size: int, n_rows: int, dim: int, timeout: float = 300.0
+           ) -> RowChannel:
+    """This process's channel on segment ``name`` (opened once, kept while the process
+    lives; the creating process owns and unlinks the segment)."""
+    entry = _CHANNELS.get(name)
+    if entry is not None and (entry[1].size, entry[1].n_rows, entry[1].dim) == (size, n_rows,
+                                                                                 dim):
+        entry[1].timeout = timeout
+        return entry[1]
+    from multiprocessing import resource_tracker, shared_memory
+
+    segment = shared_memory.SharedMemory(name=name)
+    try:  # the parent owns the segment: this process must not unlink it when it exits
+        resource_tracker.unregister(segment._name, "shared_memory")  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - tracker internals differ between Python versions
+        pass
+    channel = RowChannel(segment.buf, size, n_rows, dim, timeout)
+    _CHANNELS[name] = (segment, channel)
+    return channel
+
+
+def channel(name: str) -> RowChannel:
+    """The channel :func:`attach` opened for ``name`` in this process."""
+    return _CHANNELS[name][1]
+
+
+def exchange(rows: ProcessRows, energy: Any, grad: Any, virial: Any, positions: Any
+             ) -> tuple:
+    """Traced: every process's rows and summed energy and virial (an ``io_callback``; see
+    the module docstring). ``grad`` ``(rows_per_rank, d)``; ``positions`` are checked to
+    be the same in every process. Returns ``(energy, grad of all ranks (size *
+    rows_per_rank, d), virial)``."""
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import io_callback
+
+    def host(e, g, w, c):
+        return channel(rows.channel).exchange(rows.rank, np.asarray(e), np.asarray(g),
+                                              np.asarray(w), np.asarray(c))
+
+    per, dim = grad.shape
+    shapes = (jax.ShapeDtypeStruct((), energy.dtype),
+              jax.ShapeDtypeStruct((rows.size * per, dim), grad.dtype),
+              jax.ShapeDtypeStruct(virial.shape, virial.dtype))
+    checksum = jnp.sum(positions * jnp.arange(1, positions.size + 1, dtype=positions.dtype
+                                             ).reshape(positions.shape))
+    return io_callback(host, shapes, energy, grad, virial, checksum, ordered=False)
