@@ -123,10 +123,10 @@ def test_bad_pool_sizes_are_refused():
         ProcessPool(usable_cores() + 1)
 
 
-def test_relax_processes_refuses_callback_and_batches():
+def test_relax_processes_refuses_nbrs_and_batches():
     system = fcc(8)
-    with pytest.raises(ValueError, match="no callback"):
-        relax(system, LJ, processes=2, callback=lambda *a: None)
+    with pytest.raises(ValueError, match="no nbrs"):
+        relax(system, LJ, processes=2, nbrs=object())
     from mdsens.md import relax_batch
 
     with pytest.raises(ValueError, match="processes=1"):
@@ -149,8 +149,12 @@ def test_pool_refuses_what_it_cannot_split(pool):
 def test_pool_relaxation_matches_this_process(pool, relax_cell):
     system = fcc(8)  # 2048 atoms: split in row blocks between the two workers
     kw = dict(fmax=1e-8, max_steps=20000, relax_cell=relax_cell)
-    ours = pool.relax(system, LJ, **kw)
+    seen = []
+    ours = pool.relax(system, LJ, callback=lambda *a: seen.append(a), chunk=50, **kw)
     ref = relax(system, LJ, **kw)
+    # progress after every chunk, as relax reports it: step, energy, fmax
+    assert [a[0] for a in seen] == [min(50 * (i + 1), ours.steps) for i in range(len(seen))]
+    assert seen[-1][0] == ours.steps and seen[-1][2] == pytest.approx(float(ours.fmax))
     assert ours.converged and ref.converged
     assert abs(ours.steps - ref.steps) <= 0.05 * ref.steps
     assert abs(float(ours.energy) - float(ref.energy)) <= 1e-12 * abs(float(ref.energy))

@@ -10,8 +10,9 @@ and the shared-memory segment's name and size. Every worker runs the same
 :func:`mdsens.md.relax` on a model whose energy evaluations cover only its own block of
 neighbour-list rows (:class:`~mdsens.md._exchange.ProcessRows`); the exchange makes every
 worker's numbers identical, so all take the same steps. Rank 0 answers with the result as
-numpy arrays; the others answer with their step and evaluation counts (the pool checks
-they agree). A failure is answered with its type and message.
+numpy arrays (after ``("progress", step, energy, fmax)`` messages after every chunk
+when the request asks for them); the others answer with their step and evaluation counts
+(the pool checks they agree). A failure is answered with its type and message.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def main(argv: list[str]) -> int:
             if bool(request["x64"]) != bool(jax.config.jax_enable_x64):
                 raise ValueError("jax_enable_x64 changed since the pool started: start a "
                                  "new ProcessPool")
-            send(writer, ("ok", _relax(rank, size, request, models)))
+            progress = None
+            if rank == 0 and request.get("progress"):
+                def progress(step, energy, fmax):
+                    send(writer, ("progress", step, energy, fmax))
+            send(writer, ("ok", _relax(rank, size, request, models, progress)))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the pool
             from ._exchange import _CHANNELS
 
@@ -61,7 +66,7 @@ def main(argv: list[str]) -> int:
                 return 130
 
 
-def _relax(rank: int, size: int, request: dict, models: dict) -> dict:
+def _relax(rank: int, size: int, request: dict, models: dict, progress=None) -> dict:
     import dataclasses
 
     import numpy as np
@@ -85,7 +90,8 @@ def _relax(rank: int, size: int, request: dict, models: dict) -> dict:
                                timeout=request["timeout"])
     channel.reset()
     start = time.perf_counter()
-    result = relax(system, model, options, params=request["params"], on_failure="ignore")
+    result = relax(system, model, options, params=request["params"], on_failure="ignore",
+                   callback=progress)
     if channel.failure is not None:
         raise _exchange.ExchangeAborted(channel.failure)
     counts = {"steps": int(result.steps), "evaluations": channel.count,

@@ -193,10 +193,12 @@ def _relax_on_processes(system, potential, options, callback, on_failure, params
     """``relax`` on a :class:`~mdsens.md.processes.ProcessPool` started for this call."""
     from .processes import ProcessPool
 
-    if callback is not None or nbrs is not None:
-        raise ValueError("processes > 1 takes no callback and no nbrs: use processes=1")
+    if nbrs is not None:
+        raise ValueError("processes > 1 takes no nbrs (the workers allocate their own): "
+                         "use processes=1")
     with ProcessPool(options.processes) as pool:
-        return pool.relax(system, potential, options, on_failure=on_failure, params=params)
+        return pool.relax(system, potential, options, callback=callback,
+                          on_failure=on_failure, params=params)
 
 
 def relax_batch(

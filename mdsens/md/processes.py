@@ -25,8 +25,7 @@ layout) and serve every later call of the pool: keep one pool for a parameter st
 ``relax(..., processes=K)`` starts a pool for one call and closes it afterwards.
 
 Scope: pair potentials (``PairPotential``: Lennard-Jones, Morse, soft spheres) on systems
-with a neighbour list, fixed or relaxing cell, one system per call (no progress
-callback). Many-body potentials (EAM, Tersoff, Stillinger–Weber) are refused. A pool is
+with a neighbour list, fixed or relaxing cell, one system per call. Many-body potentials (EAM, Tersoff, Stillinger–Weber) are refused. A pool is
 for a machine whose cores are free: the workers wait for each other once per force
 evaluation, so a core taken by another job slows every worker down; use one process
 (``relax``) on a busy machine. The relaxation differs from a one-process run only in the
@@ -176,10 +175,11 @@ class ProcessPool:
 
     # -------------------------------------------------------------- relax
     def relax(self, system: Any, potential: Any, options: Any = None, *,
-              on_failure: str = "raise", params: dict | None = None,
+              callback: Any = None, on_failure: str = "raise", params: dict | None = None,
               **settings: Any) -> Any:
         """:func:`mdsens.md.relax` of ``system`` on the pool's processes (same arguments
-        and result, without ``callback`` and ``nbrs``; ``options.processes`` is ignored).
+        and result, without ``nbrs``; ``options.processes`` is ignored; ``callback`` is
+        called here with the first worker's progress after every chunk).
 
         Raises:
           ValueError: as ``relax``, and for a potential or system the pool cannot split
@@ -224,9 +224,9 @@ class ProcessPool:
             "params": jax.tree.map(np.asarray, params), "segment": self._shared(n_rows,
                                                                                  system.dim),
             "n_rows": n_rows, "timeout": self.timeout,
-            "x64": _x64(),
+            "x64": _x64(), "progress": callback is not None,
         }
-        out = self._call(request)[0]
+        out = self._call(request, callback)[0]
 
         def device(x: Any) -> Any:
             return None if x is None else jax.device_put(x)
@@ -257,12 +257,13 @@ class ProcessPool:
         np.ndarray((HEADER_WORDS,), np.int64, self._segment.buf)[:] = 0
         return self._segment.name
 
-    def _call(self, request: dict) -> list[dict]:
-        """Send ``request`` to every worker and collect the replies in rank order."""
+    def _call(self, request: dict, callback: Any = None) -> list[dict]:
+        """Send ``request`` to every worker and collect the replies in rank order
+        (progress messages go to ``callback``)."""
         try:
             for worker in self._workers:
                 send(worker.to_worker, request)
-            replies = self._collect()
+            replies = self._collect(callback)
         except KeyboardInterrupt:
             self._abort()
             raise
@@ -286,7 +287,7 @@ class ProcessPool:
                                    f"{sorted(counts)}; the pool is closed")
         return out
 
-    def _collect(self) -> list[tuple]:
+    def _collect(self, callback: Any = None) -> list[tuple]:
         """Every worker's reply. A worker that exits without one raises ``EOFError``
         after the others were told to stop waiting for it (the segment's abort word).
         Workers whose evaluation counts stop moving for ``timeout`` seconds are stuck:
@@ -313,10 +314,16 @@ class ProcessPool:
             for fd in ready:
                 k = pending.pop(fd)
                 try:
-                    replies[k] = receive(self._workers[k].from_worker)
+                    reply = receive(self._workers[k].from_worker)
                 except EOFError:
                     self._abort_exchange()
                     raise
+                if reply[0] == "progress":  # not the answer yet
+                    pending[fd] = k
+                    if callback is not None:
+                        callback(*reply[1:])
+                    continue
+                replies[k] = reply
             for fd, k in list(pending.items()):
                 if self._workers[k].process.poll() is not None and fd not in ready:
                     self._abort_exchange()
