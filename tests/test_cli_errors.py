@@ -118,6 +118,9 @@ BAD: dict[str, Case] = {
     "unknown --preconditioner": (lambda f: _sens(ARGON, "--preconditioner", "ilu"),
                                  "--preconditioner", True),
     "missing -p": (lambda f: ["relax", ARGON], "--potential", True),
+    "--processes 0": (lambda f: _relax(ARGON, "--processes", "0"), "--processes", True),
+    "--processes beyond the cores": (lambda f: _relax(ARGON, "--processes", "4096"),
+                                     "--processes", True),
     "POSCAR of a cluster without a cell": (lambda f: _relax(f["ar13.xyz"], "-o", "POSCAR"),
                                            "-o", True),
 }

@@ -216,3 +216,41 @@ def test_forces_of_process_rows_model_equal_plain_model_with_one_process():
     nbrs = model.allocate(R, cell)
     np.testing.assert_array_equal(np.asarray(split.forces(R, cell, nbrs=nbrs)),
                                   np.asarray(model.forces(R, cell, nbrs=nbrs)))
+
+
+# ------------------------------------------------------------------ the command line
+@TWO_CORES
+def test_cli_relax_on_two_processes(tmp_path):
+    import h5py
+    from ase import Atoms
+    from click.testing import CliRunner
+
+    from mdsens.cli import main
+
+    system = fcc(8, a=1.55 * 3.4)  # argon-like LJ, sigma 3.4 Å
+    Atoms("Ar" * system.n_atoms, positions=np.asarray(system.positions),
+          cell=np.asarray(system.cell), pbc=True).write(tmp_path / "ar.extxyz")
+    common = ["relax", str(tmp_path / "ar.extxyz"), "-p", "lj", "--param", "sigma=3.4",
+              "--param", "epsilon=0.0104", "--fmax", "1e-5", "-q"]
+    result = CliRunner().invoke(main, [*common, "--processes", "2", "-o",
+                                       str(tmp_path / "two.h5")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*common, "-o", str(tmp_path / "one.h5")])
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "two.h5") as two, h5py.File(tmp_path / "one.h5") as one:
+        for name in ("particles/all/position/value", "observables/energy/value"):
+            np.testing.assert_allclose(two[name][()], one[name][()], rtol=1e-9, atol=1e-6)
+
+
+@TWO_CORES
+def test_cli_refuses_processes_for_what_cannot_be_split(tmp_path):
+    from click.testing import CliRunner
+
+    from mdsens.cli import main
+
+    argon = str(Path(__file__).resolve().parents[1] / "data" / "ar_fcc_32.extxyz")
+    result = CliRunner().invoke(main, ["relax", argon, "-p", "lj", "--param", "sigma=3.4",
+                                       "--param", "epsilon=0.0104", "--processes", "2",
+                                       "-o", str(tmp_path / "x.h5")])
+    assert result.exit_code == 2
+    assert "--processes 1" in result.stderr and not (tmp_path / "x.h5").exists()

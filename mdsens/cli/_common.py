@@ -117,6 +117,10 @@ stress_tol_option = click.option(
     "--stress-tol", type=float, default=None, metavar="EV_PER_A3",
     help="Stress tolerance of a cell relaxation (--relax-cell): max|σ + pI| in eV/Å^3 "
          "(default: --fmax divided by the area of one atom's share of a face).")
+processes_option = click.option(
+    "--processes", type=int, default=1, show_default=True, metavar="K",
+    help="Worker processes that share the relaxation, one pinned core each (pair "
+         "potentials on systems with a neighbour list; for a machine whose cores are free).")
 output_option = click.option(
     "-o", "--output", required=True, type=click.Path(path_type=Path),
     help="Output file.")
@@ -892,6 +896,30 @@ def relax_options(fmax: float | None, max_steps: int | None, pressure: float | N
                            "converge: --fmax)")
         out["stress_tol"] = stress_tol
     return out
+
+
+def check_processes(processes: int) -> None:
+    """``--processes``: at least 1 and at most the cores this process may use."""
+    from ..md.sharding import usable_cores
+
+    cores = usable_cores()
+    if not 1 <= processes <= cores:
+        raise BadInput(f"--processes must be between 1 and the {cores} core(s) this process "
+                       f"may use, got {processes}")
+
+
+def check_splittable(processes: int, model: Any) -> None:
+    """``--processes K > 1`` needs a pair potential on a system with a neighbour list."""
+    if processes == 1:
+        return
+    from ..md.potentials.pair import PairPotential
+
+    if not isinstance(model.potential, PairPotential):
+        raise BadInput(f"--processes {processes} splits pair potentials only, not "
+                       f"{model.potential.name}: use --processes 1")
+    if not model.uses_neighbor_list:
+        raise BadInput(f"--processes {processes}: {model.n_atoms} atoms are too few to "
+                       f"split (no neighbour list): use --processes 1")
 
 
 # ----------------------------------------------------------------------------- outcomes

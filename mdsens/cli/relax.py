@@ -16,9 +16,10 @@ from ._progress import CHUNK, Progress
 @c.model_options
 @c.output_options
 @c.partial_option
+@c.processes_option
 def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, relax_cell,
               pressure, fmax, stress_tol, max_steps, method, output: Path, overwrite: bool,
-              quiet: bool, verbose: bool, partial: bool) -> None:
+              quiet: bool, verbose: bool, partial: bool, processes: int) -> None:
     """Relax STRUCTURE (positions, and the cell with --relax-cell).
 
     OUTPUT ending in .h5 gets the H5MD result file (structure, energy, diagnostics); any
@@ -37,6 +38,7 @@ def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, re
       mdsens relax data/si_diamond.cif -p tersoff \\
           --potential-file data/potentials/Si.tersoff -o si.xyz
       mdsens relax --config run.toml --fmax 1e-4
+      mdsens relax big_lj.xyz -p lj --param sigma=3.4 --processes 2 -o out.h5
     """
     c.set_verbosity(verbose)
     options = c.relax_options(fmax, max_steps, pressure, relax_cell, stress_tol)
@@ -44,6 +46,7 @@ def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, re
                             c.parse_params(params))
     c.check_output(output, overwrite, kind="structure")
     c.check_index(index)
+    c.check_processes(processes)
     info = c.check_potential(potential, values, potential_file)
     with Progress(not quiet, verbose) as progress:
         progress.stage("reading", str(structure))
@@ -55,11 +58,13 @@ def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, re
         pot = c.make_potential(potential, values, potential_file)
         system = c.make_system(atoms, pot, structure, values, note=not quiet)
         model = c.check_energy(system, pot, structure)
+        c.check_splittable(processes, model)
 
         from ..md.minimize import relax
         from ..md.options import RelaxOptions
 
-        relax_options = RelaxOptions(method=method, relax_cell=relax_cell, **options)
+        relax_options = RelaxOptions(method=method, relax_cell=relax_cell,
+                                     processes=processes, **options)
         callback = progress.relax(relax_options.fmax)
         if callback is not None:
             relax_options = relax_options.replace(chunk=CHUNK)
@@ -72,6 +77,7 @@ def relax_cmd(structure: Path, fmt, index, potential, params, potential_file, re
                   "potential_file": None if potential_file is None else str(potential_file),
                   "potential_file_sha256": c.file_digest(potential_file),
                   "relax_cell": relax_cell, "method": method, "relax_options": options,
+                  "processes": processes,
                   "boundary": c.boundary_record(atoms, pot), "config_file": config_path()}
         written = converged or partial
         if written:
