@@ -243,6 +243,36 @@ def test_cli_relax_on_two_processes(tmp_path):
 
 
 @TWO_CORES
+def test_cli_sensitivity_relaxes_on_two_processes(tmp_path):
+    import h5py
+    from ase import Atoms
+    from click.testing import CliRunner
+
+    from mdsens.cli import main
+
+    system = fcc(8, a=1.55 * 3.4)
+    Atoms("Ar" * system.n_atoms, positions=np.asarray(system.positions),
+          cell=np.asarray(system.cell), pbc=True).write(tmp_path / "ar.extxyz")
+    common = ["sensitivity", str(tmp_path / "ar.extxyz"), "-p", "lj", "--param", "sigma=3.4",
+              "--param", "epsilon=0.0104", "--wrt", "sigma", "--observable", "energy",
+              "--fmax", "1e-6", "-q"]
+    for name, extra in (("two", ["--processes", "2"]), ("one", [])):
+        result = CliRunner().invoke(main, [*common, *extra, "-o", str(tmp_path / f"{name}.h5")])
+        assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "two.h5") as two, h5py.File(tmp_path / "one.h5") as one:
+        found = []
+
+        def compare(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.startswith("sensitivity/") \
+                    and obj.dtype.kind == "f":
+                found.append(name)
+                np.testing.assert_allclose(obj[()], one[name][()], rtol=1e-7, atol=1e-9)
+
+        two.visititems(compare)
+        assert found  # dE/dsigma was written and agrees
+
+
+@TWO_CORES
 def test_cli_refuses_processes_for_what_cannot_be_split(tmp_path):
     from click.testing import CliRunner
 

@@ -32,10 +32,11 @@ from .relax import config_params_json
               help="Preconditioner of the iterative solvers (default: none).")
 @c.output_options
 @c.partial_option
+@c.processes_option
 def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_file, relax_cell,
                     pressure, fmax, stress_tol, max_steps, method, wrt, observables, mode,
                     solver, preconditioner, output: Path, overwrite: bool, quiet: bool,
-                    verbose: bool, partial: bool) -> None:
+                    verbose: bool, partial: bool, processes: int) -> None:
     """Relax STRUCTURE and write d(observable)/d(parameter) to OUTPUT (HDF5, H5MD 1.1).
 
     STRUCTURE may be periodic, free (a cluster: pbc F F F; derivatives in the frame of
@@ -63,6 +64,7 @@ def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_fi
                             c.parse_params(params))
     c.check_output(output, overwrite, kind="hdf5")
     c.check_index(index)
+    c.check_processes(processes)
     info = c.check_potential(potential, values, potential_file)
     c.check_observables(observables)
     c.check_wrt(wrt, info, values, relax_cell)
@@ -76,6 +78,7 @@ def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_fi
         system = c.make_system(atoms, pot, structure, values, note=not quiet)
         _check_names(system, pot, wrt, observables, relax_cell)
         model = c.check_energy(system, pot, structure)
+        c.check_splittable(processes, model)
 
         from ..io.hdf5 import write_result
         from ..md.minimize import relax
@@ -86,8 +89,9 @@ def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_fi
         callback = progress.relax(relax_options.fmax)
         if callback is not None:
             relax_options = relax_options.replace(chunk=CHUNK)
-        relaxation = relax(system, model, relax_options, callback=callback,
-                           on_failure="ignore")
+        # the relaxation on --processes workers; the derivatives in this process
+        relaxation = relax(system, model, relax_options.replace(processes=processes),
+                           callback=callback, on_failure="ignore")
         progress.stage("derivatives", f"{', '.join(observables)} w.r.t. {', '.join(wrt)} "
                                       f"({solver})")
         result = _differentiate(sensitivity, system, model, wrt, observables, relax_cell,
@@ -97,7 +101,8 @@ def sensitivity_cmd(structure: Path, fmt, index, potential, params, potential_fi
                   "potential": potential, "params": config_params_json(values),
                   "potential_file": None if potential_file is None else str(potential_file),
                   "potential_file_sha256": c.file_digest(potential_file),
-                  "relax_cell": relax_cell, "relax_options": options, "wrt": list(wrt),
+                  "relax_cell": relax_cell, "relax_options": options, "processes": processes,
+                  "wrt": list(wrt),
                   "observables": list(observables), "mode": mode, "solver": solver,
                   "preconditioner": preconditioner, "boundary": c.boundary_record(atoms, pot),
                   "config_file": config_path()}

@@ -25,8 +25,10 @@ layout) and serve every later call of the pool: keep one pool for a parameter st
 ``relax(..., processes=K)`` starts a pool for one call and closes it afterwards.
 
 Scope: pair potentials (``PairPotential``: Lennard-Jones, Morse, soft spheres) on systems
-with a neighbour list, fixed or relaxing cell, one system per call. Many-body potentials (EAM, Tersoff, Stillinger–Weber) are refused. A pool is
-for a machine whose cores are free: the workers wait for each other once per force
+with a neighbour list, fixed or relaxing cell, one system per call; a progress callback is
+called in the calling process after every chunk. Many-body potentials (EAM, Tersoff,
+Stillinger–Weber) are refused. POSIX only (pipes passed to the workers, shared memory). A
+pool is for a machine whose cores are free: the workers wait for each other once per force
 evaluation, so a core taken by another job slows every worker down; use one process
 (``relax``) on a busy machine. The relaxation differs from a one-process run only in the
 rounding of the energy sums (different block sizes and order), which can change the
