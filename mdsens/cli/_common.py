@@ -912,14 +912,11 @@ def check_splittable(processes: int, model: Any) -> None:
     """``--processes K > 1`` needs a pair potential on a system with a neighbour list."""
     if processes == 1:
         return
-    from ..md.potentials.pair import PairPotential
+    from ..md.processes import cannot_split
 
-    if not isinstance(model.potential, PairPotential):
-        raise BadInput(f"--processes {processes} splits pair potentials only, not "
-                       f"{model.potential.name}: use --processes 1")
-    if not model.uses_neighbor_list:
-        raise BadInput(f"--processes {processes}: {model.n_atoms} atoms are too few to "
-                       f"split (no neighbour list): use --processes 1")
+    reason = cannot_split(model)
+    if reason is not None:
+        raise BadInput(f"--processes {processes}: {reason}: use --processes 1")
 
 
 # ----------------------------------------------------------------------------- outcomes

@@ -178,15 +178,25 @@ def relax(
     if options.processes > 1:
         return _relax_on_processes(system, potential, options, callback, on_failure, params,
                                    nbrs)
-    system = _as_system(system, "relax")
+    system, model, params = prepare(system, potential, options, params, "relax")
+    (result,) = _driver.drive(model, [system], [params], options, nbrs=nbrs,
+                              callback=callback)
+    return apply_policy(result, on_failure)
+
+
+def prepare(system: Any, potential: Any, options: RelaxOptions, params: dict | None,
+            who: str) -> tuple[System, Any, dict]:
+    """``(system, model, params)`` of one relaxation: the system as a :class:`System`,
+    the model for its layout (:func:`mdsens.md._driver.resolve_model`) and the parameters,
+    checked (``relax_cell`` needs a periodic system; the parameters within the model's
+    cutoff)."""
+    system = _as_system(system, who)
     if options.relax_cell and not system.is_periodic:
         raise ValueError("relax_cell=True needs a periodic system")
     model = _driver.resolve_model(system, potential, options)
     params = _driver.default_params(potential, model, params)
     model.check_params(params)
-    (result,) = _driver.drive(model, [system], [params], options, nbrs=nbrs,
-                              callback=callback)
-    return apply_policy(result, on_failure)
+    return system, model, params
 
 
 def _relax_on_processes(system, potential, options, callback, on_failure, params, nbrs):

@@ -48,7 +48,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["ProcessPool", "ProcessPoolError"]
+__all__ = ["ProcessPool", "ProcessPoolError", "cannot_split"]
 
 SINGLE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 ROWS_MARGIN = 1024  # padding rows a worker's blocks may add (the largest row block)
@@ -192,29 +192,20 @@ class ProcessPool:
         import jax
 
         from ..implicit.policy import check_policy
-        from . import _driver
         from ._relaxation import Relaxation, Status, apply_policy
-        from .minimize import _as_system
+        from .minimize import prepare
         from .model import EnergyModel
         from .options import RelaxOptions
-        from .potentials.pair import PairPotential
 
         if not self._workers:
             raise ProcessPoolError("the pool is closed")
         options = RelaxOptions.of(options, **settings)
         check_policy(on_failure)
-        system = _as_system(system, "ProcessPool.relax")
-        if options.relax_cell and not system.is_periodic:
-            raise ValueError("relax_cell=True needs a periodic system")
-        model = _driver.resolve_model(system, potential, options)
-        params = _driver.default_params(potential, model, params)
-        model.check_params(params)
-        if not isinstance(model.potential, PairPotential):
-            raise ValueError(f"processes > 1 splits pair potentials only, not "
-                             f"{model.potential.name}: use processes=1")
-        if not model.uses_neighbor_list:
-            raise ValueError("processes > 1 needs a system with a neighbour list (too few "
-                             "atoms to split): use processes=1")
+        system, model, params = prepare(system, potential, options, params,
+                                        "ProcessPool.relax")
+        reason = cannot_split(model)
+        if reason is not None:
+            raise ValueError(f"processes > 1: {reason}: use processes=1")
         if isinstance(potential, EnergyModel):  # its list settings win, as in relax
             options = dataclasses.replace(options, neighbor_list=True, skin=model.skin,
                                           capacity_multiplier=model.capacity_multiplier)
@@ -342,6 +333,19 @@ class ProcessPool:
         for worker in self._workers:
             worker.process.kill()
         self.close()
+
+
+def cannot_split(model: Any) -> str | None:
+    """Why a :class:`ProcessPool` cannot split relaxations of ``model`` (an
+    ``EnergyModel``), or None when it can: it splits pair potentials on systems with a
+    neighbour list."""
+    from .potentials.pair import PairPotential
+
+    if not isinstance(model.potential, PairPotential):
+        return f"only pair potentials are split, not {model.potential.name}"
+    if not model.uses_neighbor_list:
+        return f"{model.n_atoms} atoms are too few to split (no neighbour list)"
+    return None
 
 
 def _x64() -> bool:
