@@ -3,7 +3,7 @@ r"""Force rows shared between worker processes through POSIX shared memory.
 K worker processes (:mod:`mdsens.md.processes`) relax one system together: each evaluates
 the energy terms and position gradients of its own contiguous block of neighbour-list rows
 (``rank`` of ``size``), then every process needs the whole gradient. :func:`exchange` does
-that from inside the compiled loop (a ``jax.experimental.io_callback``):
+that from inside the compiled loop (a host callback on the program's buffers):
 
 1. write my rows of :math:`\partial E/\partial R` into the shared ``(n_rows, d)`` array and
    my partial energy and virial into my slot;
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ExchangeAborted", "ExchangeTimeout", "ProcessRows", "RowChannel", "attach",
-           "exchange", "segment_bytes"]
+__all__ = ["ExchangeAborted", "ExchangeTimeout", "ProcessRows", "RowChannel", "abort_all",
+           "attach", "exchange", "segment_bytes"]
 
 HEADER_WORDS = 64
 MAX_VIRIAL = 9
@@ -189,6 +189,13 @@ def attach(name: str, size: int, n_rows: int, dim: int, timeout: float = 300.0
     channel = RowChannel(segment.buf, size, n_rows, dim, timeout)
     _CHANNELS[name] = (segment, channel)
     return channel
+
+
+def abort_all() -> None:
+    """Set the abort word of every segment this process opened (it failed: its peers stop
+    waiting for it)."""
+    for _, chan in _CHANNELS.values():
+        chan.abort()
 
 
 def channel(name: str) -> RowChannel:

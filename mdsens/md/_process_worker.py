@@ -30,8 +30,9 @@ def main(argv: list[str]) -> int:
     import jax  # before the first request: it is unpickled with the pool's precision
 
     jax.config.update("jax_enable_x64", os.environ.get("JAX_ENABLE_X64") == "1")
-    # Programs run inline: with asynchronous dispatch, the exchange's io_callback can wait
-    # forever for the copy of its own arguments, queued behind the program that called it
+    # Programs run inline, nothing queued behind the one whose host callback is waiting
+    # for a peer (with io_callback's argument copies that queue deadlocked; the exchange
+    # no longer copies, and inline dispatch costs nothing in a loop of long programs)
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     from . import minimize  # noqa: F401 - imported while the pool's caller goes on
     from .processes import receive, send
@@ -56,10 +57,9 @@ def main(argv: list[str]) -> int:
                     send(writer, ("progress", step, energy, fmax))
             send(writer, ("ok", _relax(rank, size, request, models, progress)))
         except BaseException as err:  # noqa: BLE001 - every failure goes back to the pool
-            from ._exchange import _CHANNELS
+            from ._exchange import abort_all
 
-            for _, chan in _CHANNELS.values():
-                chan.abort()
+            abort_all()
             detail = "".join(traceback.format_exception_only(type(err), err)).strip()
             send(writer, ("error", type(err).__name__, detail, traceback.format_exc()))
             if isinstance(err, KeyboardInterrupt):

@@ -279,17 +279,24 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
 
     args = (R, cell, species, idx, images, sym)
     real = (np.arange(n_chunks * chunk) < n).reshape(n_chunks, chunk)  # repeated rows
+
+    def totals(out, real):
+        """Energy and virial entries summed over the real rows (virial: zeros((1,))
+        when not asked for)."""
+        e = jnp.sum(jnp.where(real, out[0], 0.0))
+        if not virial:
+            return e, jnp.zeros((1,), R.dtype)
+        return e, jnp.sum(jnp.where(real[..., None], out[2], 0.0).reshape(-1, len(pairs)),
+                          axis=0)
+
     if processes is not None and shards > 1:
         # this process's block of rows; the others' come through shared memory
         per = n_chunks // shards
         mine = slice(processes.rank * per, (processes.rank + 1) * per)
         out = blocks(*args, rows[mine])
-        real_mine = real[mine]
-        w_mine = (jnp.sum(jnp.where(real_mine[..., None], out[2], 0.0
-                                    ).reshape(-1, len(pairs)), axis=0)
-                  if virial else jnp.zeros((1,), R.dtype))
-        energy, grad, w = exchange(processes, jnp.sum(jnp.where(real_mine, out[0], 0.0)),
-                                   out[1].reshape(per * chunk, d), w_mine, R)
+        e_mine, w_mine = totals(out, real[mine])
+        energy, grad, w = exchange(processes, e_mine, out[1].reshape(per * chunk, d), w_mine,
+                                   R)
         grad = grad[:n]
     else:
         if n_chunks == 1:
@@ -301,11 +308,8 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
             out = split(*args, rows)
         else:
             out = blocks(*args, rows)
-        energy = jnp.sum(jnp.where(real, out[0], 0.0))
+        energy, w = totals(out, real)
         grad = out[1].reshape(-1, d)[:n]
-        if virial:
-            w = jnp.sum(jnp.where(real[..., None], out[2], 0.0).reshape(-1, len(pairs)),
-                        axis=0)
     if not virial:
         return energy, grad
     W = jnp.zeros((d, d), R.dtype)
