@@ -179,3 +179,43 @@ def test_dense_search_in_two_dimensions_matches_brute_force():
     rows, cols = np.nonzero(idx < n)
     got = set(zip(rows, slots[rows, cols] % n, slots[rows, cols] // n, strict=True))
     assert got == set(zip(i, j, t, strict=True)) and len(got) > 5 * n
+
+
+class _RecordingSplit:
+    """A ``split`` for ``dense_search`` without processes: ``gather`` records this rank's
+    part and returns the parts given (or zeros while recording)."""
+
+    def __init__(self, rank, size, parts=None):
+        self.rank, self.size, self.parts, self.part = rank, size, parts, None
+
+    def fits(self, shape, dtype):
+        return True
+
+    def gather(self, part):
+        self.part = part
+        if self.parts is None:
+            return jnp.zeros((self.size * part.shape[0], *part.shape[1:]), part.dtype)
+        return jnp.concatenate(self.parts)
+
+
+def test_split_search_gives_every_sharer_the_whole_list():
+    atoms = _random_atoms(n=400, seed=4)
+    reach = 2.0
+    grid = tuple(int(w // reach) for w in _widths(CELL))
+    X, C = jnp.asarray(atoms.get_scaled_positions(wrap=True)), jnp.asarray(CELL)
+    whole = dense_search(X, C, grid, 40, 60, reach, images=True)
+    for size in (2, 3):  # 3 does not divide the cell count: the last range repeats a cell
+        parts = []
+        for rank in range(size):
+            rec = _RecordingSplit(rank, size)
+            dense_search(X, C, grid, 40, 60, reach, images=True, split=rec)
+            parts.append(rec.part)
+        # each sharer tested a size-th of the cells (the in-range work is split) ...
+        assert all(p.shape[0] == parts[0].shape[0] for p in parts)
+        assert parts[0].shape[0] * size < 1.5 * np.prod(grid) * 40
+        for rank in range(size):
+            # ... and, given the others' parts, finds exactly the unsplit list
+            got = dense_search(X, C, grid, 40, 60, reach, images=True,
+                               split=_RecordingSplit(rank, size, parts))
+            for a, b in zip(got, whole):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

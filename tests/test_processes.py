@@ -284,3 +284,42 @@ def test_cli_refuses_processes_for_what_cannot_be_split(tmp_path):
                                        "-o", str(tmp_path / "x.h5")])
     assert result.exit_code == 2
     assert "--processes 1" in result.stderr and not (tmp_path / "x.h5").exists()
+
+
+def test_exchange_sums_whole_gradients_and_gathers_parts_in_one_sequence():
+    size, n_rows, dim = 2, 8, 3
+    seg = shared_memory.SharedMemory(create=True,
+                                     size=segment_bytes(size, n_rows, dim, part_bytes=4096))
+    np.ndarray((64,), np.int64, seg.buf)[:] = 0
+    chans = [RowChannel(seg.buf, size, n_rows, dim, 5.0, part_bytes=4096)
+             for _ in range(size)]
+    try:
+        rng = np.random.default_rng(1)
+        grads = [rng.standard_normal((n_rows, dim)) for _ in range(size)]
+        parts = [rng.integers(0, 2**32, (5, 7), dtype=np.uint32) for _ in range(size)]
+        out = [None] * size
+
+        def go(r):
+            got = []
+            for step in range(3):  # parts between gradient exchanges, both parities
+                got.append(chans[r].gather(r, parts[r] + np.uint32(step)))
+                got.append(chans[r].exchange(r, np.asarray(1.0), grads[r] * step,
+                                             np.zeros(1), np.asarray(3.0), summed=True))
+            out[r] = got
+
+        threads = [threading.Thread(target=go, args=(r,)) for r in range(size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for r in range(size):
+            for step in range(3):
+                gathered, (e, g, _) = out[r][2 * step], out[r][2 * step + 1]
+                np.testing.assert_array_equal(
+                    gathered, np.concatenate(parts) + np.uint32(step))
+                np.testing.assert_array_equal(g, grads[0] * step + grads[1] * step)
+                assert e == 2.0
+        assert all(c.failure is None for c in chans)
+    finally:
+        seg.close()
+        seg.unlink()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,8 @@ import numpy as np
 
 from .geometry import image_index, image_shifts
 
-__all__ = ["grid_shape", "perpendicular_widths", "dense_search", "max_neighbors"]
+__all__ = ["grid_shape", "perpendicular_widths", "dense_search", "max_neighbors", "pack",
+           "rank_select"]
 
 Array = jax.Array
 
@@ -95,7 +97,7 @@ def _cell_table(X: Array, grid: tuple[int, ...], cell_capacity: int):
     return cid, members, count, jnp.clip(row, 0, n_cells * cell_capacity - 1)
 
 
-def _pack(mask: Array) -> Array:
+def pack(mask: Array) -> Array:
     """``(..., K)`` bool → ``(..., ceil(K / 32))`` uint32 words, bit b of word q = entry
     32 q + b."""
     *lead, m = mask.shape
@@ -106,28 +108,48 @@ def _pack(mask: Array) -> Array:
 
 
 def _search_words(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int,
-                  reach: float):
+                  reach: float, split: Any = None):
     """In-range bits of every atom's candidates, packed: ``(words (N, n_words), neighbour
     table (n_cells, K) padded with N, cell id per atom, occupancy)``; bit ``m`` of row i
-    is candidate ``neighbour_table[cid_i, m]``."""
+    is candidate ``neighbour_table[cid_i, m]``.
+
+    With ``split`` (an object with ``rank``, ``size``, ``fits(shape, dtype)`` and
+    ``gather(part)``, which returns the ``part`` arrays of all ``size`` sharers
+    concatenated in rank order, e.g. :class:`mdsens.md._exchange.CellShare`) this sharer
+    tests the members of its own contiguous range of ``ceil(n_cells / size)`` cells and
+    receives the other ranges' bits: the same words, a ``size``-th of the in-range work
+    (unless the parts do not fit the sharer's buffer: then it searches alone)."""
     n, d = X.shape
     ids, shifts = _adjacent_cells(tuple(grid))
     n_cells = ids.shape[0]
     cid, members, count, row = _cell_table(X, grid, cell_capacity)
     table = members[jnp.asarray(ids)].reshape(n_cells, -1)  # (n_cells, K)
     Rp = jnp.concatenate([X @ cell, jnp.zeros((1, d), X.dtype)])  # index n: padding
-    R_own = Rp[members]  # (n_cells, capacity, d)
-    R_nb = (Rp[members][jnp.asarray(ids)]
-            + (jnp.asarray(shifts, X.dtype) @ cell)[:, :, None, :]).reshape(n_cells, -1, d)
+    if split is not None:
+        per = -(-n_cells // split.size)
+        n_words = -(-ids.shape[1] * cell_capacity // 32)
+        if not split.fits((per * cell_capacity, n_words), np.uint32):
+            split = None  # no room to share: search alone
+    if split is None:
+        mine, own, own_table = np.arange(n_cells), members, table
+    else:  # my cells (the last range repeats the last cell)
+        mine = np.minimum(np.arange(split.rank * per, (split.rank + 1) * per), n_cells - 1)
+        own, own_table = members[mine], table[mine]
+    R_own = Rp[own]  # (cells, capacity, d)
+    R_nb = (Rp[members][jnp.asarray(ids[mine])]
+            + (jnp.asarray(shifts[mine], X.dtype) @ cell)[:, :, None, :]
+            ).reshape(len(mine), -1, d)
     r2 = functools.reduce(jnp.add, [(R_nb[:, None, :, k] - R_own[:, :, None, k]) ** 2
                                     for k in range(d)])
-    in_range = ((r2 < reach * reach) & (table[:, None, :] < n)
-                & (table[:, None, :] != members[:, :, None]))
-    words = _pack(in_range).reshape(n_cells * cell_capacity, -1)[row]
-    return words, table, cid, count
+    in_range = ((r2 < reach * reach) & (own_table[:, None, :] < n)
+                & (own_table[:, None, :] != own[:, :, None]))
+    words = pack(in_range).reshape(len(mine) * cell_capacity, -1)
+    if split is not None:
+        words = split.gather(words)[:n_cells * cell_capacity]
+    return words[row], table, cid, count
 
 
-def _rank_select(words: Array, k_max: int) -> tuple[Array, Array]:
+def rank_select(words: Array, k_max: int) -> tuple[Array, Array]:
     """Positions of the first ``k_max`` set bits of each row of ``words`` (``(n, k_max)``
     int32, unspecified past the row's count) and the counts ``(n,)``."""
     n, n_words = words.shape
@@ -161,7 +183,7 @@ def max_neighbors(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: i
 
 def dense_search(
     X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int, max_neighbors: int,
-    reach: float, images: bool = False,
+    reach: float, images: bool = False, split: Any = None,
 ) -> tuple[Array, ...]:
     """All neighbours within ``reach`` of each atom (periodic, minimum image).
 
@@ -173,6 +195,7 @@ def dense_search(
       max_neighbors: width of the returned list (static).
       reach: search radius (cutoff + skin), in the units of ``cell``.
       images: also return the image slots (static).
+      split: optional sharer of the in-range tests (static; see :func:`_search_words`).
     Returns:
       ``(idx, list_overflow, cell_overflow, too_small)``, and with ``images`` a fifth
       entry, the image slots: ``idx`` is ``(N, max_neighbors)`` int32 padded with N; the
@@ -184,8 +207,8 @@ def dense_search(
       (:attr:`mdsens.md.Neighbors.images`).
     """
     n, d = X.shape
-    words, table, cid, count = _search_words(X, cell, grid, cell_capacity, reach)
-    pos, total = _rank_select(words, max_neighbors)
+    words, table, cid, count = _search_words(X, cell, grid, cell_capacity, reach, split)
+    pos, total = rank_select(words, max_neighbors)
     real = jnp.arange(max_neighbors, dtype=jnp.int32)[None, :] < total[:, None]
     n_cand = table.shape[1]
     flat = cid[:, None] * n_cand + jnp.clip(pos, 0, n_cand - 1)

@@ -206,6 +206,9 @@ def common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
     cell_cap = max(caps) if caps else None
     fn = next((nl.cell_list_fn for nl in nls if nl.cell_list_fn is not None), None)
     with_images = all(n.images is not None for n in lists)  # else all take minimum images
+    # owned pairs (image slots or indices, as the lists' images) when all lists have them
+    with_owned = with_images and all(n.owned is not None for n in lists)
+    owned_width = max(n.owned.shape[-1] for n in lists) if with_owned else 0
     padded = []
     for n, nl in zip(lists, nls):
         idx = nl.idx
@@ -214,10 +217,14 @@ def common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
         images = None
         if with_images:
             images = jnp.pad(n.images, extra, constant_values=empty * 3**model.dim)
+        owned = None
+        if with_owned:
+            owned = jnp.pad(n.owned, ((0, 0), (0, owned_width - n.owned.shape[-1])),
+                            constant_values=empty * 3**model.dim)
         idx = jnp.pad(idx, extra, constant_values=empty)
         nl = nl.set(idx=idx, max_occupancy=width, cell_list_capacity=cell_cap,
                     cell_list_fn=fn)
-        padded.append(Neighbors(nl, n.reference_cell, images))
+        padded.append(Neighbors(nl, n.reference_cell, images, owned))
     return stack(padded)
 
 

@@ -87,7 +87,8 @@ def _relax(rank: int, size: int, request: dict, models: dict, progress=None) -> 
         if key[0] is not None:
             models[key] = model
     channel = _exchange.attach(request["segment"], size, request["n_rows"], system.dim,
-                               timeout=request["timeout"])
+                               timeout=request["timeout"],
+                               part_bytes=_exchange.part_bytes_for(request["n_rows"]))
     channel.reset()
     start = time.perf_counter()
     result = relax(system, model, options, params=request["params"], on_failure="ignore",

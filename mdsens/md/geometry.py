@@ -78,6 +78,9 @@ class Geometry:
       mesh: optional ``jax.sharding.Mesh`` whose devices share the evaluation, row blocks
         of the list each (:mod:`mdsens.md.sharding`); potentials that cannot split their
         work ignore it.
+      owned: optional ``(N, H)`` int32: each pair of the list once, in the row of the atom
+        that owns it (:attr:`mdsens.md.Neighbors.owned`; image slots when ``images`` is
+        set, else indices). Pair potentials may evaluate forces from it; others ignore it.
     """
 
     positions: Array
@@ -87,6 +90,7 @@ class Geometry:
     pad_distance: float
     images: tuple[Array, Array] | None = None
     mesh: Any = None
+    owned: Array | None = None
 
     @property
     def periodic(self) -> bool:

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _cell_search
+from ._exchange import ProcessRows
 from .geometry import Geometry
 from .neighbors import NeighborListManager, Neighbors
 from .pair_hessian import pair_hessian_matvec as _pair_hessian_matvec
@@ -178,11 +179,12 @@ class EnergyModel:
             idx = nbrs.nlist.idx
             images = (None if nbrs.images is None
                       else (nbrs.images, nbrs.nlist.reference_position))
+            owned = nbrs.owned
         else:
             idx = None if self.all_pairs is None else jnp.asarray(self.all_pairs)
-            images = None
+            images = owned = None
         geom = Geometry(R_s, C_s, jnp.asarray(self.supercell_species()), idx, self.pad_distance,
-                        images, self.mesh)
+                        images, self.mesh, owned)
         e = self.potential.total_energy(params, geom)
         return e / self.n_copies if self.n_copies > 1 else e
 
@@ -272,7 +274,9 @@ class EnergyModel:
         if nbrs is None:
             return None
         R_s, C_s = self.supercell(R, cell)
-        return self.neighbor_lists.update(R_s, C_s, nbrs, force)
+        # worker processes that share the force loop share the rebuild's search too
+        split = self.mesh.cells() if isinstance(self.mesh, ProcessRows) else None
+        return self.neighbor_lists.update(R_s, C_s, nbrs, force, split)
 
     def needs_rebuild(self, R: Array, cell: Array | None, nbrs: Neighbors) -> Array:
         """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``
@@ -364,8 +368,10 @@ def build(
         C_s = None
         if system.is_periodic:
             C_s = np.array(replicas, float)[:, None] * np.asarray(system.cell, np.float64)
-        lists = NeighborListManager.create(system.positions, C_s, cutoff, float(skin),
-                                           capacity_multiplier)
+        span = potential.owned_pairs
+        lists = NeighborListManager.create(
+            system.positions, C_s, cutoff, float(skin), capacity_multiplier,
+            owned_pairs=span is not None and span[0] < n_internal <= span[1])
     elif potential.uses_neighborhood:
         all_pairs = np.broadcast_to(np.arange(n_internal, dtype=np.int32),
                                     (n_internal,) * 2).copy()

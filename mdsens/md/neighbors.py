@@ -27,6 +27,10 @@ Math and conventions
 * Capacity (slots per atom) is fixed at allocation, ``max count × capacity_multiplier +
   extra_capacity``; an update that needs more sets an overflow bit
   (:meth:`NeighborListManager.overflowed`) and the caller allocates again.
+* Owned pairs (managers created with ``owned_pairs=True``): every unordered pair of the
+  full list is also listed once, in the row of the atom that owns it
+  (:func:`owned_slots`), for potentials that evaluate each pair once and scatter its force
+  onto both atoms (:attr:`Neighbors.owned`). Its capacity follows the same rule.
 
 State
 -----
@@ -82,16 +86,61 @@ class Neighbors:
         3^d cells around the reference cell, listed by ``mdsens.md.geometry.image_shifts``);
         padding is ``N 3^d``. Pair forces then read displacements from the images of the
         atoms instead of taking the minimum image of every pair at every step.
+      owned: ``(N, H)`` int32 or None (lists of managers with ``owned_pairs``): the pairs
+        each atom owns (:func:`owned_slots`), as image slots when ``images`` is set, else
+        as atom indices, padded like them; ``H`` is about half the list's width.
     """
 
     nlist: partition.NeighborList
     reference_cell: Array
     images: Array | None = None
+    owned: Array | None = None
 
 
 jax.tree_util.register_dataclass(
-    Neighbors, data_fields=["nlist", "reference_cell", "images"], meta_fields=[]
+    Neighbors, data_fields=["nlist", "reference_cell", "images", "owned"], meta_fields=[]
 )
+
+
+def owns(i: Array, j: Array) -> Array:
+    r"""Whether atom ``i`` owns its pair with atom ``j ≠ i`` (elementwise): the smaller
+    index when :math:`i + j` is even, the larger when it is odd. Exactly one atom of each
+    pair owns it, and every atom owns about half of its pairs whatever the atoms' order
+    (the rule "the smaller index" would give the first atoms of a row-ordered crystal all
+    their pairs and the last ones none)."""
+    return (i < j) == ((i + j) % 2 == 0)
+
+
+def owned_counts(idx: Array) -> Array:
+    """``(N,)`` number of the pairs of the full list ``idx`` ``(N, M)`` (padded with N) that
+    each atom owns."""
+    n = idx.shape[0]
+    i = jnp.arange(n, dtype=idx.dtype)[:, None]
+    return jnp.sum((idx < n) & owns(i, idx), axis=1, dtype=jnp.int32)
+
+
+def owned_slots(idx: Array, slots: Array | None, width: int, dim: int
+                ) -> tuple[Array, Array]:
+    r"""Each atom's owned pairs (:func:`owns`) of the full list ``idx`` ``(N, M)``,
+    compacted to the first ``width`` columns: ``(owned (N, width), overflow)``.
+
+    Entries are taken from the image slots ``slots`` (``j + N t``, padded with ``N 3^d``,
+    d = ``dim``) when given, else from ``idx`` (padded with N); ``overflow`` (bool
+    scalar) is set when a row owns more than ``width`` pairs. Listing each pair once
+    halves the pair terms of an energy-and-force evaluation; the force on the other atom
+    is then scattered.
+    """
+    n, m = idx.shape
+    i = jnp.arange(n, dtype=idx.dtype)[:, None]
+    keep = (idx < n) & owns(i, idx)
+    pos, total = _cell_search.rank_select(_cell_search.pack(keep), width)
+    real = jnp.arange(width, dtype=jnp.int32)[None, :] < total[:, None]
+    if slots is None:
+        source, pad = idx, n
+    else:
+        source, pad = slots, n * 3**dim
+    picked = jnp.take_along_axis(source, jnp.clip(pos, 0, m - 1), axis=1)
+    return jnp.where(real, picked, pad).astype(jnp.int32), jnp.max(total) > width
 
 
 def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
@@ -132,6 +181,8 @@ def _quiet_jax_md():
 _dense_search = jax.jit(_cell_search.dense_search, static_argnums=(2, 3, 4, 5))
 _image_slots_jit = jax.jit(_image_slots)
 _max_neighbors = jax.jit(_cell_search.max_neighbors, static_argnums=(2, 3, 4))
+_owned_counts_jit = jax.jit(owned_counts)
+_owned_slots_jit = jax.jit(owned_slots, static_argnums=(2, 3))
 
 
 def _wrap(S: Array) -> Array:
@@ -177,6 +228,7 @@ class NeighborListManager:
       neighbor_fn: the jax-md ``NeighborListFns`` (dense format; ``dr_threshold`` 0: the
         rebuild rule is this class's).
       origin: ``(d,)`` free systems only: the lower corner of the list's box, Å.
+      owned_pairs: lists also carry :attr:`Neighbors.owned` (each pair once).
       cache: the :class:`NeighborCache` this manager owns.
     """
 
@@ -187,6 +239,7 @@ class NeighborListManager:
     capacity_multiplier: float
     neighbor_fn: Any
     origin: np.ndarray | None = None
+    owned_pairs: bool = False
     cache: NeighborCache = dataclasses.field(default_factory=NeighborCache, repr=False)
 
     @property
@@ -197,13 +250,14 @@ class NeighborListManager:
     @classmethod
     def create(
         cls, positions: Any, cell: Any, cutoff: float, skin: float,
-        capacity_multiplier: float = 1.25,
+        capacity_multiplier: float = 1.25, owned_pairs: bool = False,
     ) -> NeighborListManager:
         """A manager for ``positions`` ``(n, d)`` in ``cell`` ``(d, d)`` (None: free).
 
         Only the box is taken from the arguments: the cell's metric for a periodic list
         (a later cell may differ), the bounding box of ``positions`` enlarged by ``reach``
-        for a free one.
+        for a free one. With ``owned_pairs`` every list also lists each pair once
+        (:attr:`Neighbors.owned`).
 
         Raises:
           ValueError: ``cutoff`` not positive or ``skin`` negative.
@@ -224,12 +278,13 @@ class NeighborListManager:
                                                      fractional_coordinates=True)
             fn = partition.neighbor_list(displacement, jnp.asarray(box0), reach,
                                          fractional_coordinates=True, **common)
-            return cls(True, R.shape[-1], cutoff, skin, mult, fn)
+            return cls(True, R.shape[-1], cutoff, skin, mult, fn, owned_pairs=owned_pairs)
         lo, hi = R.min(axis=0), R.max(axis=0)
         displacement, _ = space.free()
         fn = partition.neighbor_list(displacement, jnp.asarray((hi - lo) + 2.0 * reach),
                                      reach, fractional_coordinates=False, **common)
-        return cls(False, R.shape[-1], cutoff, skin, mult, fn, origin=lo - reach)
+        return cls(False, R.shape[-1], cutoff, skin, mult, fn, origin=lo - reach,
+                   owned_pairs=owned_pairs)
 
     # ------------------------------------------------------------------ positions
     def list_positions(self, R: Array, C: Array | None) -> Array:
@@ -262,11 +317,25 @@ class NeighborListManager:
             images = None
             if not bool(self._too_narrow_for_images(C)):
                 images = _image_slots_jit(X, C, R, nlist.idx)
-            return Neighbors(nlist, C, images)
+            return Neighbors(nlist, C, images, self._allocate_owned(nlist, images,
+                                                                    extra_capacity))
         with _quiet_jax_md():
             nlist = self.neighbor_fn.allocate(X, extra_capacity=extra_capacity)
             nlist = self._stable(nlist)
-        return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype))
+        return Neighbors(nlist, jnp.zeros((self.dim, self.dim), R.dtype), None,
+                         self._allocate_owned(nlist, None, extra_capacity))
+
+    def _allocate_owned(self, nlist: partition.NeighborList, images: Array | None,
+                        extra_capacity: int) -> Array | None:
+        """:attr:`Neighbors.owned` of a new list (None without ``owned_pairs``), as wide as
+        the capacity rule asks: ``max owned count × capacity_multiplier +
+        extra_capacity``, at most the list's width."""
+        if not self.owned_pairs:
+            return None
+        most = int(_owned_counts_jit(nlist.idx).max())
+        width = max(1, min(int(most * self.capacity_multiplier + extra_capacity),
+                           nlist.idx.shape[-1]))
+        return _owned_slots_jit(nlist.idx, images, width, self.dim)[0]
 
     def _too_narrow_for_images(self, C: Array) -> Array:
         """True (``bool`` scalar array; jit-able) if a list in cell ``C`` may not carry
@@ -328,15 +397,17 @@ class NeighborListManager:
         return nlist if cached is fn else nlist.set(cell_list_fn=cached)
 
     # ------------------------------------------------------------------ update
-    def update(self, R: Array, C: Array | None, nbrs: Neighbors, force: Any = False
-               ) -> Neighbors:
+    def update(self, R: Array, C: Array | None, nbrs: Neighbors, force: Any = False,
+               split: Any = None) -> Neighbors:
         r"""The list for new positions and cell (jit-able; keeps the capacity).
 
         Rebuilds when a pair outside the list could have come within the cutoff
         (:meth:`needs_rebuild`) or when ``force`` (a bool or bool scalar array: the list's
         reference point is not to be trusted); otherwise returns ``nbrs``. Periodic lists
         with a cell grid are rebuilt by :func:`mdsens.md._cell_search.dense_search`, others
-        by jax-md. Check :meth:`overflowed` afterwards.
+        by jax-md. Check :meth:`overflowed` afterwards. ``split`` (static): processes that
+        share the search's in-range tests (``dense_search``'s ``split``), each calling
+        this with the same arguments.
         """
         R, C = _stop(R, C)
         X = self.list_positions(R, C)
@@ -349,7 +420,7 @@ class NeighborListManager:
                 grid = _cell_search.grid_shape(old.cell_size, self.dim)
                 idx, list_over, cell_over, too_small, *slots = _cell_search.dense_search(
                     X, C, grid, old.cell_list_capacity, old.idx.shape[-1],
-                    self.reach, images=with_images)
+                    self.reach, images=with_images, split=split)
                 err = old.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, list_over)
                 err = err.update(_PEC.CELL_LIST_OVERFLOW, cell_over)
                 err = err.update(_PEC.CELL_SIZE_TOO_SMALL, too_small)
@@ -375,7 +446,13 @@ class NeighborListManager:
                                          lambda: (old, nbrs.images))
         ref_cell = (jnp.where(rebuild, C, nbrs.reference_cell) if self.periodic
                     else nbrs.reference_cell)
-        return Neighbors(nlist, ref_cell, images)
+        owned = nbrs.owned
+        if owned is not None:
+            owned, over = jax.lax.cond(
+                rebuild, lambda: owned_slots(nlist.idx, images, owned.shape[-1], self.dim),
+                lambda: (owned, jnp.asarray(False)))
+            nlist = nlist.set(error=nlist.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, over))
+        return Neighbors(nlist, ref_cell, images, owned)
 
     def needs_rebuild(self, R: Array, C: Array | None, nbrs: Neighbors) -> Array:
         """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``

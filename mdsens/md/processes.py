@@ -239,9 +239,9 @@ class ProcessPool:
         """Name of a segment for ``n_rows`` × ``dim`` rows, its header zeroed."""
         from multiprocessing import shared_memory
 
-        from ._exchange import HEADER_WORDS, segment_bytes
+        from ._exchange import HEADER_WORDS, part_bytes_for, segment_bytes
 
-        need = segment_bytes(self.processes, n_rows, dim)
+        need = segment_bytes(self.processes, n_rows, dim, part_bytes_for(n_rows))
         if self._segment is None or self._segment.size < need:
             if self._segment is not None:
                 self._segment.close()

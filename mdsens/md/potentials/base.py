@@ -209,6 +209,10 @@ class Potential:
     but the first relaxation takes 0.8 s instead of 2.8 s (no list to allocate, smaller
     programs to compile); at 500 atoms all pairs cost 3.4× the list per step. Three-body
     potentials without a list cost O(N³) per evaluation, so they set it lower."""
+    owned_pairs: ClassVar[tuple[int, int] | None] = None
+    """``(above, up_to)``: neighbour lists of systems with more than ``above`` and at most
+    ``up_to`` internal atoms also list each pair once (``Geometry.owned``), for a potential
+    whose force loop is faster with it there; None: never."""
     hessian_range_factor: ClassVar[float] = 2.0
     """The Hessian couples atoms up to this many cutoffs apart: 1 for pair potentials, 2
     for three-body and embedded-atom ones (neighbours of a common neighbour)."""
