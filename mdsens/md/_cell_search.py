@@ -41,8 +41,8 @@ import numpy as np
 
 from .geometry import image_index, image_shifts
 
-__all__ = ["grid_shape", "perpendicular_widths", "dense_search", "max_neighbors", "pack",
-           "rank_select"]
+__all__ = ["candidates", "dense_search", "grid_shape", "max_neighbors", "pack",
+           "perpendicular_widths", "rank_select"]
 
 Array = jax.Array
 
@@ -174,16 +174,24 @@ def rank_select(words: Array, k_max: int) -> tuple[Array, Array]:
     return w * 32 + bit.astype(jnp.int32), total
 
 
-def max_neighbors(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int,
-                  reach: float) -> Array:
-    """Largest number of neighbours within ``reach`` of any atom (for sizing a list)."""
-    words = _search_words(X, cell, grid, cell_capacity, reach)[0]
-    return jnp.max(jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=1))
+def candidates(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int,
+               reach: float) -> tuple[Array, Array, Array, Array]:
+    """The in-range tests of a search, ``(words, neighbour table, cell id per atom,
+    occupancy)`` (see :func:`_search_words`): :func:`max_neighbors` sizes a list from them
+    and :func:`dense_search` (``found``) lists it, with one round of tests."""
+    return _search_words(X, cell, grid, cell_capacity, reach)
+
+
+def max_neighbors(found: tuple[Array, ...]) -> Array:
+    """Largest number of neighbours within ``reach`` of any atom (for sizing a list), from
+    :func:`candidates`."""
+    return jnp.max(jnp.sum(jax.lax.population_count(found[0]).astype(jnp.int32), axis=1))
 
 
 def dense_search(
     X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int, max_neighbors: int,
     reach: float, images: bool = False, split: Any = None,
+    found: tuple[Array, ...] | None = None,
 ) -> tuple[Array, ...]:
     """All neighbours within ``reach`` of each atom (periodic, minimum image).
 
@@ -196,6 +204,7 @@ def dense_search(
       reach: search radius (cutoff + skin), in the units of ``cell``.
       images: also return the image slots (static).
       split: optional sharer of the in-range tests (static; see :func:`_search_words`).
+      found: the :func:`candidates` of the same positions and cell, if already computed.
     Returns:
       ``(idx, list_overflow, cell_overflow, too_small)``, and with ``images`` a fifth
       entry, the image slots: ``idx`` is ``(N, max_neighbors)`` int32 padded with N; the
@@ -207,7 +216,9 @@ def dense_search(
       (:attr:`mdsens.md.Neighbors.images`).
     """
     n, d = X.shape
-    words, table, cid, count = _search_words(X, cell, grid, cell_capacity, reach, split)
+    if found is None:
+        found = _search_words(X, cell, grid, cell_capacity, reach, split)
+    words, table, cid, count = found
     pos, total = rank_select(words, max_neighbors)
     real = jnp.arange(max_neighbors, dtype=jnp.int32)[None, :] < total[:, None]
     n_cand = table.shape[1]

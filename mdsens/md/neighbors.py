@@ -180,7 +180,8 @@ def _quiet_jax_md():
 
 _dense_search = jax.jit(_cell_search.dense_search, static_argnums=(2, 3, 4, 5))
 _image_slots_jit = jax.jit(_image_slots)
-_max_neighbors = jax.jit(_cell_search.max_neighbors, static_argnums=(2, 3, 4))
+_candidates = jax.jit(_cell_search.candidates, static_argnums=(2, 3, 4))
+_max_neighbors = jax.jit(_cell_search.max_neighbors)
 _owned_counts_jit = jax.jit(owned_counts)
 _owned_slots_jit = jax.jit(owned_slots, static_argnums=(2, 3))
 
@@ -374,9 +375,10 @@ class NeighborListManager:
             template = template.set(cell_list_capacity=capacity)
             self.cache.search_template = template
         n = Xn.shape[0]
-        most = int(_max_neighbors(X, C, grid, capacity, self.reach))
+        found = _candidates(X, C, grid, capacity, self.reach)  # one round of tests
+        most = int(_max_neighbors(found))
         width = min(int(most * self.capacity_multiplier + extra_capacity), n - 1)
-        idx, _, _, _ = _dense_search(X, C, grid, capacity, width, self.reach)
+        idx, _, _, _ = _dense_search(X, C, grid, capacity, width, self.reach, found=found)
         error = partition.PartitionError(jnp.zeros((), jnp.uint8))
         return template.set(idx=idx, reference_position=X, error=error, max_occupancy=width)
 
