@@ -143,7 +143,7 @@ def test_second_allocation_by_search_equals_jax_md(monkeypatch):
     calls = []
     search = neighbors_module._dense_search
     monkeypatch.setattr(neighbors_module, "_dense_search",
-                        lambda *a: calls.append(1) or search(*a))
+                        lambda *a, **k: calls.append(1) or search(*a, **k))
     R = system.positions + 0.05 * np.random.default_rng(3).standard_normal((len(atoms), 3))
     C = system.cell * 1.02
     searched = model.allocate(R, C, extra_capacity=2)
