@@ -305,17 +305,41 @@ def exchange(rows: ProcessRows, energy: Any, grad: Any, virial: Any, positions: 
                                    summed=bool(summed)))
 
 
-@functools.lru_cache(maxsize=1)
-def _primitive() -> Any:
-    """The exchange as a primitive whose CPU lowering calls :meth:`RowChannel.exchange`
-    with the program's own buffers as numpy arrays. (``jax.experimental.io_callback``
-    first copies its arguments to a device, a copy that can queue behind the running
-    program and wait for ever, and costs about a millisecond a step at N = 32000.)"""
+def _callback_primitive(name: str, host: Any, abstract: Any, multiple_results: bool
+                        ) -> Any:
+    """A primitive whose CPU lowering calls ``host(**params)`` (a function of numpy arrays
+    returning a tuple of arrays) on the program's own buffers. (``jax.experimental.
+    io_callback`` first copies its arguments to a device, a copy that can queue behind the
+    running program and wait for ever, and costs about a millisecond a step at
+    N = 32000.)"""
     from jax.extend.core import Primitive
     from jax.interpreters import mlir
 
-    prim = Primitive("mdsens_row_exchange")
-    prim.multiple_results = True
+    prim = Primitive(name)
+    prim.multiple_results = multiple_results
+
+    def impl(*args, **params):
+        import jax
+
+        out = [jax.device_put(np.asarray(x))
+               for x in host(**params)(*(np.asarray(x) for x in args))]
+        return out if multiple_results else out[0]
+
+    def lowering(ctx, *args, **params):
+        results, _, _ = mlir.emit_python_callback(
+            ctx, host(**params), None, list(args), ctx.avals_in, ctx.avals_out,
+            has_side_effect=True, returns_token=False)
+        return results
+
+    prim.def_abstract_eval(abstract)
+    prim.def_impl(impl)
+    mlir.register_lowering(prim, lowering, platform="cpu")
+    return prim
+
+
+@functools.lru_cache(maxsize=1)
+def _primitive() -> Any:
+    """The exchange as a primitive calling :meth:`RowChannel.exchange`."""
 
     def host(rows: ProcessRows, summed: bool) -> Any:
         def call(e, g, w, c):
@@ -329,22 +353,7 @@ def _primitive() -> Any:
         return (ShapedArray((), e.dtype), ShapedArray((n, g.shape[1]), g.dtype),
                 ShapedArray(w.shape, w.dtype))
 
-    def impl(e, g, w, c, *, rows, summed):
-        import jax
-
-        out = host(rows, summed)(*(np.asarray(x) for x in (e, g, w, c)))
-        return [jax.device_put(np.asarray(x)) for x in out]
-
-    def lowering(ctx, e, g, w, c, *, rows, summed):
-        results, _, _ = mlir.emit_python_callback(
-            ctx, host(rows, summed), None, [e, g, w, c], ctx.avals_in, ctx.avals_out,
-            has_side_effect=True, returns_token=False)
-        return results
-
-    prim.def_abstract_eval(abstract)
-    prim.def_impl(impl)
-    mlir.register_lowering(prim, lowering, platform="cpu")
-    return prim
+    return _callback_primitive("mdsens_row_exchange", host, abstract, True)
 
 
 def gather_parts(rows: ProcessRows, part: Any) -> Any:
@@ -356,11 +365,7 @@ def gather_parts(rows: ProcessRows, part: Any) -> Any:
 
 @functools.lru_cache(maxsize=1)
 def _gather_primitive() -> Any:
-    """:func:`gather_parts` as a primitive lowered to a host callback on the CPU."""
-    from jax.extend.core import Primitive
-    from jax.interpreters import mlir
-
-    prim = Primitive("mdsens_part_gather")
+    """:func:`gather_parts` as a primitive calling :meth:`RowChannel.gather`."""
 
     def host(rows: ProcessRows) -> Any:
         def call(part):
@@ -372,18 +377,4 @@ def _gather_primitive() -> Any:
 
         return ShapedArray((rows.size * part.shape[0], *part.shape[1:]), part.dtype)
 
-    def impl(part, *, rows):
-        import jax
-
-        return jax.device_put(host(rows)(np.asarray(part))[0])
-
-    def lowering(ctx, part, *, rows):
-        results, _, _ = mlir.emit_python_callback(
-            ctx, host(rows), None, [part], ctx.avals_in, ctx.avals_out,
-            has_side_effect=True, returns_token=False)
-        return results
-
-    prim.def_abstract_eval(abstract)
-    prim.def_impl(impl)
-    mlir.register_lowering(prim, lowering, platform="cpu")
-    return prim
+    return _callback_primitive("mdsens_part_gather", host, abstract, False)
