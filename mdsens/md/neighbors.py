@@ -111,12 +111,17 @@ def owns(i: Array, j: Array) -> Array:
     return (i < j) == ((i + j) % 2 == 0)
 
 
+def _owned_mask(idx: Array) -> Array:
+    """``(N, M)`` bool: the slots of the full list ``idx`` (padded with N) whose pair the
+    row's atom owns."""
+    n = idx.shape[0]
+    return (idx < n) & owns(jnp.arange(n, dtype=idx.dtype)[:, None], idx)
+
+
 def owned_counts(idx: Array) -> Array:
     """``(N,)`` number of the pairs of the full list ``idx`` ``(N, M)`` (padded with N) that
     each atom owns."""
-    n = idx.shape[0]
-    i = jnp.arange(n, dtype=idx.dtype)[:, None]
-    return jnp.sum((idx < n) & owns(i, idx), axis=1, dtype=jnp.int32)
+    return jnp.sum(_owned_mask(idx), axis=1, dtype=jnp.int32)
 
 
 def owned_slots(idx: Array, slots: Array | None, width: int, dim: int
@@ -131,9 +136,7 @@ def owned_slots(idx: Array, slots: Array | None, width: int, dim: int
     is then scattered.
     """
     n, m = idx.shape
-    i = jnp.arange(n, dtype=idx.dtype)[:, None]
-    keep = (idx < n) & owns(i, idx)
-    pos, total = _cell_search.rank_select(_cell_search.pack(keep), width)
+    pos, total = _cell_search.rank_select(_cell_search.pack(_owned_mask(idx)), width)
     real = jnp.arange(width, dtype=jnp.int32)[None, :] < total[:, None]
     if slots is None:
         source, pad = idx, n

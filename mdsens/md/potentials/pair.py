@@ -237,8 +237,8 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
     :math:`W = \sum_i \sum_{m \in O(i)} \phi'(r_{im})\, d_{im} \otimes d_{im} / r_{im}`,
     and each pair's term :math:`c\,d_{im}` (:math:`c = \phi'/r`) enters
     :math:`\partial E/\partial R` twice: :math:`-c\,d_{im}` on atom i, :math:`+c\,d_{im}`
-    on its neighbour (a scatter-add): half the pair terms for one scatter. At N = 32000
-    (LJ fcc, one core) ≈ 30 % less time than the full rows.
+    on its neighbour (a scatter-add): half the pair terms for one scatter, which pays
+    where the scattered arrays stay in cache (:attr:`PairPotential.owned_pairs`).
 
     With a ``mesh`` (:mod:`mdsens.md.sharding`) the blocks are split evenly over its
     devices, each of which sees every position and returns its own rows; with a
@@ -354,19 +354,18 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
                           axis=0)
 
     by_owned = owned is not None and blocked and (mesh is None or processes is not None)
+    if processes is not None and shards > 1:  # this process's blocks of rows
+        per = n_chunks // shards
+        mine = slice(processes.rank * per, (processes.rank + 1) * per)
     if by_owned:
         if processes is not None and shards > 1:
-            # this process's block of rows; the others' scattered gradients are added
-            per = n_chunks // shards
-            mine = slice(processes.rank * per, (processes.rank + 1) * per)
+            # the others' scattered gradients are added through shared memory
             e_mine, grad_mine, w_mine = owned_blocks(rows[mine], real[mine], mine.start)
             energy, grad, w = exchange(processes, e_mine, grad_mine, w_mine, R, summed=True)
         else:
             energy, grad, w = owned_blocks(rows, real)
     elif processes is not None and shards > 1:
-        # this process's block of rows; the others' come through shared memory
-        per = n_chunks // shards
-        mine = slice(processes.rank * per, (processes.rank + 1) * per)
+        # the others' rows come through shared memory
         out = blocks(*args, rows[mine])
         e_mine, w_mine = totals(out, real[mine])
         energy, grad, w = exchange(processes, e_mine, out[1].reshape(per * chunk, d), w_mine,
