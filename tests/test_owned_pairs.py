@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mdsens.md import System, build, lennard_jones
-from mdsens.md.neighbors import owned_counts, owned_slots, owns
+from mdsens.md.neighbors import _image_slots, half_space_keys, owned_counts, owned_slots, owns
 from mdsens.md.potentials.pair import PairPotential
 
 jax.config.update("jax_enable_x64", True)
@@ -53,6 +53,72 @@ def test_ownership_rule_picks_exactly_one_atom_of_every_pair():
     assert counts.min() >= 29 - 1 and counts.max() <= 30 + 1  # about half for every atom
 
 
+def test_half_space_rule_picks_exactly_one_atom_of_every_pair():
+    """Every pair of every atom (all n - 1 entries per row, at the minimum image) of points
+    in a triclinic cell, with ties on purpose: atoms sharing a coordinate, and two on the
+    same point (key 0: parity decides)."""
+    rng = np.random.default_rng(3)
+    X = rng.random((48, 3))
+    X[1:8, 0] = X[0, 0]
+    X[9] = X[8]
+    n = len(X)
+    C = jnp.asarray([[5.0, 0.0, 0.0], [1.0, 5.0, 0.0], [0.5, -1.0, 5.0]])
+    idx = np.array([[j for j in range(n) if j != i] for i in range(n)])
+    idx = jnp.asarray(np.concatenate([idx, np.full((n, 2), n)], axis=1))  # padding slots
+    Xj = jnp.asarray(X)
+    slots = _image_slots(Xj, C, Xj @ C, idx)
+    key = np.asarray(half_space_keys(Xj, idx, slots))
+    assert np.all(key[:, -2:] == 0) and key[9, 8] == 0 and key[8, 8] == 0  # 9 -> 8, 8 -> 9
+    o = np.asarray(owns(jnp.arange(n)[:, None], idx, jnp.asarray(key)))[:, :-2]
+    full = np.zeros((n, n), bool)
+    full[np.arange(n)[:, None], np.asarray(idx)[:, :-2]] = o
+    off = ~np.eye(n, dtype=bool)
+    assert np.all((full ^ full.T)[off])  # exactly one of (i, j) and (j, i)
+    keys = np.zeros((n, n))
+    keys[np.arange(n)[:, None], np.asarray(idx)[:, :-2]] = key[:, :-2]
+    assert np.array_equal(keys, -keys.T)  # exactly antisymmetric
+    # owned_counts with slots and positions: this split or the parity one, the narrower
+    counts = np.asarray(owned_counts(idx, slots, Xj))
+    parity = np.asarray(owned_counts(idx))
+    half = full.sum(axis=1)
+    assert np.array_equal(counts, half if half.max() <= parity.max() else parity)
+
+
+def test_lists_split_by_the_rule_with_the_smaller_largest_row(liquid):
+    """Half-space wins in a homogeneous liquid; parity where the system has a gap (this
+    jittered lattice misses its last planes: atoms facing the gap have all their
+    neighbours on one side)."""
+    model, R, C, nbrs = liquid
+    X = jnp.asarray(np.mod(np.asarray(R) @ np.linalg.inv(np.asarray(C)), 1.0))
+    idx = nbrs.nlist.idx
+    n = idx.shape[0]
+    i = jnp.arange(n)[:, None]
+    real = np.asarray(idx < n)
+    half = (real & np.asarray(owns(i, idx, half_space_keys(X, idx, nbrs.images)))).sum(1)
+    parity = (real & np.asarray(owns(i, idx))).sum(1)
+    assert half.sum() == parity.sum()  # the same pairs, split otherwise
+    assert parity.max() < half.max()  # the gap
+    assert np.array_equal(np.asarray(owned_counts(idx, nbrs.images, X)), parity)
+    # a crystal in shuffled order: parity splits rows binomially, half-space in halves
+    rng = np.random.default_rng(4)
+    cells = np.stack(np.meshgrid(*[np.arange(7)] * 3, indexing="ij"), -1).reshape(-1, 1, 3)
+    basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    R2 = ((cells + basis).reshape(-1, 3) * 1.55 + 0.02 * rng.standard_normal((1372, 3)))
+    crystal = System.create(rng.permutation(R2), np.eye(3) * 7 * 1.55)
+    m2 = build(crystal, lennard_jones())
+    R2, C2 = jnp.asarray(crystal.positions), jnp.asarray(crystal.cell)
+    nb2 = m2.allocate(R2, C2)
+    X2 = jnp.asarray(np.mod(np.asarray(R2) @ np.linalg.inv(np.asarray(C2)), 1.0))
+    idx2 = nb2.nlist.idx
+    real2 = np.asarray(idx2 < idx2.shape[0])
+    half2 = (real2 & np.asarray(owns(jnp.arange(idx2.shape[0])[:, None], idx2,
+                                     half_space_keys(X2, idx2, nb2.images)))).sum(1)
+    parity2 = np.asarray(owned_counts(idx2))
+    assert half2.max() < parity2.max() and half2.std() < 0.5 * parity2.std()
+    assert np.array_equal(np.asarray(owned_counts(idx2, nb2.images, X2)), half2)
+    assert nb2.owned.shape[-1] == int(half2.max() * m2.capacity_multiplier)
+
+
 def test_model_lists_owned_pairs_only_in_its_size_range(liquid):
     model, R, C, nbrs = liquid
     assert model.neighbor_lists.owned_pairs and nbrs.owned is not None
@@ -73,7 +139,15 @@ def test_owned_slots_are_the_owned_half_of_the_full_list(liquid):
     atoms = np.where(owned < pad, owned % n, n)
     pairs_owned = {(i, j) for i in range(n) for j in atoms[i] if j < n}
     pairs_full = {(i, j) for i in range(n) for j in idx[i] if j < n}
-    assert all(owns(i, j) for i, j in pairs_owned)
+    X = np.mod(np.asarray(R) @ np.linalg.inv(np.asarray(C)), 1.0)
+    d = np.asarray(half_space_keys(jnp.asarray(X), nbrs.nlist.idx, nbrs.images))
+    rule = np.asarray(owns(jnp.arange(n)[:, None], nbrs.nlist.idx))  # parity wins here
+    by_half = (nbrs.nlist.idx < n) & owns(jnp.arange(n)[:, None], nbrs.nlist.idx,
+                                          jnp.asarray(d))
+    chosen = owned_counts(nbrs.nlist.idx, nbrs.images, jnp.asarray(X))
+    assert int(chosen.max()) < int(by_half.sum(1).max())
+    assert {(i, j) for i in range(n) for j, o in zip(idx[i], rule[i]) if j < n and o} \
+        == pairs_owned
     assert {(min(p), max(p)) for p in pairs_owned} == {(min(p), max(p)) for p in pairs_full}
     assert len(pairs_owned) == len(pairs_full) // 2
     # the image slot of an owned entry is the full list's slot for that pair
@@ -82,10 +156,11 @@ def test_owned_slots_are_the_owned_half_of_the_full_list(liquid):
     assert all(full_slot[(i, a)] == s for i in range(n) for a, s in zip(atoms[i], owned[i])
                if a < n)
     # counts, and the overflow flag when the width is too small
-    counts = np.asarray(owned_counts(nbrs.nlist.idx))
+    counts = np.asarray(owned_counts(nbrs.nlist.idx, nbrs.images, jnp.asarray(X)))
     assert counts.sum() == len(pairs_owned)
-    _, over = owned_slots(nbrs.nlist.idx, nbrs.images, int(counts.max()), 3)
-    _, over_small = owned_slots(nbrs.nlist.idx, nbrs.images, int(counts.max()) - 1, 3)
+    _, over = owned_slots(nbrs.nlist.idx, nbrs.images, int(counts.max()), 3, jnp.asarray(X))
+    _, over_small = owned_slots(nbrs.nlist.idx, nbrs.images, int(counts.max()) - 1, 3,
+                                jnp.asarray(X))
     assert not bool(over) and bool(over_small)
 
 
@@ -97,7 +172,8 @@ def _full(nbrs):
 def test_owned_force_loop_matches_full_rows(liquid, with_images):
     model, R, C, nbrs = liquid
     if not with_images:
-        owned, _ = owned_slots(nbrs.nlist.idx, None, nbrs.owned.shape[-1], 3)
+        owned, over = owned_slots(nbrs.nlist.idx, None, nbrs.nlist.idx.shape[-1], 3)
+        assert not bool(over)  # by parity, as wide as the full list
         nbrs = dataclasses.replace(nbrs, images=None, owned=owned)
     value_and_grad = jax.jit(jax.value_and_grad(model.energy))
     e1, g1 = value_and_grad(R, C, None, nbrs)

@@ -30,7 +30,8 @@ Math and conventions
 * Owned pairs (managers created with ``owned_pairs=True``): every unordered pair of the
   full list is also listed once, in the row of the atom that owns it
   (:func:`owned_slots`), for potentials that evaluate each pair once and scatter its force
-  onto both atoms (:attr:`Neighbors.owned`). Its capacity follows the same rule.
+  onto both atoms (:attr:`Neighbors.owned`). Its capacity follows the same rule. Periodic
+  lists give each atom the pairs in one half-space around it (:func:`owns`).
 
 State
 -----
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable, Hashable
@@ -58,7 +60,7 @@ import numpy as np
 
 from . import _cell_search
 from ._jaxmd import partition, space
-from .geometry import fractional_near, image_index
+from .geometry import fractional_near, image_index, image_shifts
 
 Array = jax.Array
 
@@ -102,41 +104,97 @@ jax.tree_util.register_dataclass(
 )
 
 
-def owns(i: Array, j: Array) -> Array:
-    r"""Whether atom ``i`` owns its pair with atom ``j ≠ i`` (elementwise): the smaller
-    index when :math:`i + j` is even, the larger when it is odd. Exactly one atom of each
-    pair owns it, and every atom owns about half of its pairs whatever the atoms' order
-    (the rule "the smaller index" would give the first atoms of a row-ordered crystal all
-    their pairs and the last ones none)."""
-    return (i < j) == ((i + j) % 2 == 0)
+HALF_SPACE_NORMAL = (1.0, 0.5**0.5, 0.3**0.5)
+"""Normal (fractional coordinates; any length) of the half-space rule of :func:`owns`: a
+direction no short lattice vector of a common crystal lies across, so that pairs in one
+lattice plane are not split by their thermal noise."""
 
 
-def _owned_mask(idx: Array) -> Array:
+def owns(i: Array, j: Array, key: Array | None = None) -> Array:
+    r"""Whether atom ``i`` owns its pair with atom ``j ≠ i`` (elementwise).
+
+    With ``key`` (the pair's :func:`half_space_keys`, exactly antisymmetric: the key of
+    (j, i) is minus that of (i, j)), i owns the pair when its key is positive: every atom
+    owns the pairs in one half-space around it, as in a half-shell list. In a dense bulk
+    that is about half of every row with a small spread (Kob–Andersen glass, 104
+    neighbours on average: largest owned row 65 against 72 by parity; fcc crystal in
+    shuffled order: 49 against 52); an atom at a surface owns all of its pairs or none
+    (lists choose between the rules: :func:`owned_slots`). Without ``key``, and for pairs
+    whose key is 0, the parity rule: the smaller index when :math:`i + j` is even, the
+    larger when it is odd. That too gives every atom about half of its pairs whatever the
+    atoms' order (the rule "the smaller index" would give the first atoms of a row-ordered
+    crystal all their pairs and the last ones none), with a binomial spread. Either way
+    exactly one atom of each pair owns it.
+    """
+    result = (i < j) == ((i + j) % 2 == 0)
+    if key is None:
+        return result
+    return jnp.where(key != 0, key > 0, result)
+
+
+def half_space_keys(X: Array, idx: Array, slots: Array) -> Array:
+    r"""``(N, M)`` keys for :func:`owns` of the pairs of a list ``idx`` (padded with N;
+    padding gives 0) with image slots ``slots`` (``j + N t``) built at fractional positions
+    ``X`` ``(N, d)``: the pair's displacement :math:`X_j + n_t - X_i` projected on
+    :data:`HALF_SPACE_NORMAL`, evaluated as :math:`(p_j - p_i) + c_t` with
+    :math:`p = X \cdot \hat n` and :math:`c_t = n_t \cdot \hat n`.
+
+    Exactly antisymmetric, which is what :func:`owns` needs: the pair (j, i) has the
+    opposite image shift, so :math:`c` changes sign exactly, the difference of the
+    :math:`p` does too, and so does their rounded sum. Rounding of the positions does not
+    matter: any antisymmetric rule lists each pair once.
+    """
+    n, dim = X.shape
+    normal = np.resize(np.asarray(HALF_SPACE_NORMAL), dim)
+    p = functools.reduce(jnp.add, [X[:, k] * float(normal[k]) for k in range(dim)])
+    c = jnp.asarray([sum(float(a) * float(b) for a, b in zip(shift, normal))
+                     for shift in image_shifts(dim)], X.dtype)  # c of -n is exactly -c
+    real = idx < n
+    j = jnp.where(real, idx, 0)
+    # t = (slot - j) / N, exactly (a small integer), without an integer division
+    t = jnp.round((slots - j).astype(jnp.float32) * np.float32(1.0 / n)).astype(jnp.int32)
+    return jnp.where(real, (p[j] - p[:, None]) + c[jnp.where(real, t, 0)], 0)
+
+
+def _owned_mask(idx: Array, slots: Array | None = None, X: Array | None = None) -> Array:
     """``(N, M)`` bool: the slots of the full list ``idx`` (padded with N) whose pair the
-    row's atom owns."""
+    row's atom owns (:func:`owns`). By parity, or, given the image slots ``slots`` and the
+    fractional positions ``X`` of the list, by half-space or by parity, whichever gives the
+    smaller largest row: half-space in bulk disorder, parity where a surface or a gap
+    leaves some atoms all their neighbours on one side (each list is split by one rule,
+    so each pair is still owned once)."""
     n = idx.shape[0]
-    return (idx < n) & owns(jnp.arange(n, dtype=idx.dtype)[:, None], idx)
+    real = idx < n
+    i = jnp.arange(n, dtype=idx.dtype)[:, None]
+    parity = real & owns(i, idx)
+    if X is None or slots is None:
+        return parity
+    half = real & owns(i, idx, half_space_keys(X, idx, slots))
+    widest = [jnp.max(jnp.sum(m, axis=1, dtype=jnp.int32)) for m in (half, parity)]
+    return jnp.where(widest[0] <= widest[1], half, parity)
 
 
-def owned_counts(idx: Array) -> Array:
+def owned_counts(idx: Array, slots: Array | None = None, X: Array | None = None) -> Array:
     """``(N,)`` number of the pairs of the full list ``idx`` ``(N, M)`` (padded with N) that
-    each atom owns."""
-    return jnp.sum(_owned_mask(idx), axis=1, dtype=jnp.int32)
+    each atom owns (``slots``, ``X``: see :func:`owned_slots`)."""
+    return jnp.sum(_owned_mask(idx, slots, X), axis=1, dtype=jnp.int32)
 
 
-def owned_slots(idx: Array, slots: Array | None, width: int, dim: int
-                ) -> tuple[Array, Array]:
+def owned_slots(idx: Array, slots: Array | None, width: int, dim: int,
+                X: Array | None = None) -> tuple[Array, Array]:
     r"""Each atom's owned pairs (:func:`owns`) of the full list ``idx`` ``(N, M)``,
     compacted to the first ``width`` columns: ``(owned (N, width), overflow)``.
 
     Entries are taken from the image slots ``slots`` (``j + N t``, padded with ``N 3^d``,
     d = ``dim``) when given, else from ``idx`` (padded with N); ``overflow`` (bool
-    scalar) is set when a row owns more than ``width`` pairs. Listing each pair once
-    halves the pair terms of an energy-and-force evaluation; the force on the other atom
-    is then scattered.
+    scalar) is set when a row owns more than ``width`` pairs. ``X``: the fractional
+    positions ``(N, d)`` the list was built at; with ``slots`` too, ownership by
+    half-space or by parity, whichever gives the smaller largest row; otherwise by parity.
+    Listing each pair once halves the pair terms of an energy-and-force evaluation; the
+    force on the other atom is then scattered.
     """
     n, m = idx.shape
-    pos, total = _cell_search.rank_select(_cell_search.pack(_owned_mask(idx)), width)
+    pos, total = _cell_search.rank_select(_cell_search.pack(_owned_mask(idx, slots, X)), width)
     real = jnp.arange(width, dtype=jnp.int32)[None, :] < total[:, None]
     if slots is None:
         source, pad = idx, n
@@ -322,7 +380,7 @@ class NeighborListManager:
             if not bool(self._too_narrow_for_images(C)):
                 images = _image_slots_jit(X, C, R, nlist.idx)
             return Neighbors(nlist, C, images, self._allocate_owned(nlist, images,
-                                                                    extra_capacity))
+                                                                    extra_capacity, X))
         with _quiet_jax_md():
             nlist = self.neighbor_fn.allocate(X, extra_capacity=extra_capacity)
             nlist = self._stable(nlist)
@@ -330,16 +388,17 @@ class NeighborListManager:
                          self._allocate_owned(nlist, None, extra_capacity))
 
     def _allocate_owned(self, nlist: partition.NeighborList, images: Array | None,
-                        extra_capacity: int) -> Array | None:
+                        extra_capacity: int, X: Array | None = None) -> Array | None:
         """:attr:`Neighbors.owned` of a new list (None without ``owned_pairs``), as wide as
         the capacity rule asks: ``max owned count × capacity_multiplier +
-        extra_capacity``, at most the list's width."""
+        extra_capacity``, at most the list's width (``X``: fractional positions of a
+        periodic list, for the half-space rule of :func:`owns`)."""
         if not self.owned_pairs:
             return None
-        most = int(_owned_counts_jit(nlist.idx).max())
+        most = int(_owned_counts_jit(nlist.idx, images, X).max())
         width = max(1, min(int(most * self.capacity_multiplier + extra_capacity),
                            nlist.idx.shape[-1]))
-        return _owned_slots_jit(nlist.idx, images, width, self.dim)[0]
+        return _owned_slots_jit(nlist.idx, images, width, self.dim, X)[0]
 
     def _too_narrow_for_images(self, C: Array) -> Array:
         """True (``bool`` scalar array; jit-able) if a list in cell ``C`` may not carry
@@ -454,7 +513,8 @@ class NeighborListManager:
         owned = nbrs.owned
         if owned is not None:
             owned, over = jax.lax.cond(
-                rebuild, lambda: owned_slots(nlist.idx, images, owned.shape[-1], self.dim),
+                rebuild, lambda: owned_slots(nlist.idx, images, owned.shape[-1], self.dim,
+                                             X if self.periodic else None),
                 lambda: (owned, jnp.asarray(False)))
             nlist = nlist.set(error=nlist.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, over))
         return Neighbors(nlist, ref_cell, images, owned)
