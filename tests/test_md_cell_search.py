@@ -219,3 +219,21 @@ def test_split_search_gives_every_sharer_the_whole_list():
                                split=_RecordingSplit(rank, size, parts))
             for a, b in zip(got, whole):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            # a sharer with a row range lists those rows only, the others padded; the
+            # overflow flags still hold for all rows
+            rows = _RowsSplit(rank, size, parts)
+            lo, hi = rows.row_range(len(atoms))
+            got = dense_search(X, C, grid, 40, 60, reach, images=True, split=rows)
+            for k in (0, 4):
+                a, b = np.asarray(got[k]), np.asarray(whole[k])
+                np.testing.assert_array_equal(a[lo:hi], b[lo:hi])
+                assert np.all(np.delete(a, np.s_[lo:hi], axis=0) == b.max())
+            narrow = dense_search(X, C, grid, 40, 12, reach, split=_RowsSplit(rank, size,
+                                                                              parts))
+            assert bool(narrow[1])  # some row, maybe another sharer's, needs more slots
+
+
+class _RowsSplit(_RecordingSplit):
+    def row_range(self, n):
+        per = -(-n // self.size)
+        return min(self.rank * per, n), min((self.rank + 1) * per, n)

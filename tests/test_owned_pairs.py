@@ -208,3 +208,65 @@ def test_owned_width_overflow_is_reported_as_list_overflow(liquid):
     narrow = dataclasses.replace(nbrs, owned=nbrs.owned[:, :4])
     new = model.update(R, C, narrow, force=True)
     assert bool(model.overflowed(new))
+
+
+class _Rows:
+    """A ``split`` for ``owned_slots`` without processes: rank ``rank`` of ``size`` with
+    its ``row_range``; ``most`` records this rank's values and returns the elementwise
+    largest of the values ``seen`` from every rank (its own while recording)."""
+
+    def __init__(self, rank, size, seen=None):
+        self.rank, self.size, self.seen, self.values = rank, size, seen, None
+
+    def fits(self, shape, dtype):
+        return True
+
+    def row_range(self, n):
+        per = -(-n // self.size)
+        return min(self.rank * per, n), min((self.rank + 1) * per, n)
+
+    def most(self, values):
+        self.values = values
+        return values if self.seen is None else jnp.max(jnp.stack(self.seen), axis=0)
+
+
+def test_sharers_derive_their_own_owned_rows_by_one_rule():
+    """Each process derives the owned rows it evaluates: its rows equal the whole list's,
+    the others are padding, and an overflow anywhere is reported to every rank. The rule
+    is agreed: with the liquid's atoms ordered by distance from its gap (the atoms facing
+    it last), half-space wins overall while the last of three ranks alone would pick
+    parity."""
+    liquid = ka_liquid()
+    R0, L = np.asarray(liquid.positions), float(np.asarray(liquid.cell)[0, 0])
+    gap = 11.5 / 12 * L  # ka_liquid's last lattice plane is almost empty
+    order = np.argsort(-np.abs((R0[:, 0] - gap + L / 2) % L - L / 2), kind="stable")
+    system = System.create(R0[order], np.asarray(liquid.cell),
+                           species=np.asarray(liquid.species)[order],
+                           species_names=liquid.species_names)
+    model = build(system, lennard_jones(**KA))
+    R, C = jnp.asarray(system.positions), jnp.asarray(system.cell)
+    nbrs = model.allocate(R, C)
+    n = model.n_atoms
+    idx, images = nbrs.nlist.idx, nbrs.images
+    X = jnp.asarray(np.mod(np.asarray(R) @ np.linalg.inv(np.asarray(C)), 1.0))
+    widest = int(np.asarray(owned_counts(idx, images, X)).max())
+    for width in (widest, widest - 1):
+        whole, over = owned_slots(idx, images, width, 3, X)
+        assert bool(over) == (width < widest)
+        for size in (2, 3):
+            seen = []
+            for rank in range(size):
+                rec = _Rows(rank, size)
+                owned_slots(idx, images, width, 3, X, rec)
+                seen.append(np.asarray(rec.values))
+            half_wins = np.max(seen, axis=0)
+            assert half_wins[0] <= half_wins[1]
+            if size == 3:
+                assert seen[2][0] > seen[2][1]  # alone, the last rank would pick parity
+            for rank in range(size):
+                rows = _Rows(rank, size, [jnp.asarray(v) for v in seen])
+                got, got_over = owned_slots(idx, images, width, 3, X, rows)
+                lo, hi = rows.row_range(n)
+                np.testing.assert_array_equal(np.asarray(got[lo:hi]), np.asarray(whole[lo:hi]))
+                assert np.all(np.delete(np.asarray(got), np.s_[lo:hi], axis=0) == n * 27)
+                assert bool(got_over) == bool(over)

@@ -109,30 +109,31 @@ def pack(mask: Array) -> Array:
 
 def _search_words(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int,
                   reach: float, split: Any = None):
-    """In-range bits of every atom's candidates, packed: ``(words (N, n_words), neighbour
-    table (n_cells, K) padded with N, cell id per atom, occupancy)``; bit ``m`` of row i
-    is candidate ``neighbour_table[cid_i, m]``.
+    """In-range bits of the atoms' candidates, packed: ``(words (hi - lo, n_words),
+    neighbour table (n_cells, K) padded with N, cell id per atom, occupancy, most
+    neighbours of any atom)``; bit ``m`` of word row ``i - lo`` is candidate
+    ``neighbour_table[cid_i, m]`` for atom i of ``(lo, hi) =`` :func:`_rows` (all N atoms
+    without a split).
 
     With ``split`` (an object with ``rank``, ``size``, ``fits(shape, dtype)`` and
     ``gather(part)``, which returns the ``part`` arrays of all ``size`` sharers
     concatenated in rank order, e.g. :class:`mdsens.md._exchange.CellShare`) this sharer
     tests the members of its own contiguous range of ``ceil(n_cells / size)`` cells and
     receives the other ranges' bits: the same words, a ``size``-th of the in-range work
-    (unless the parts do not fit the sharer's buffer: then it searches alone)."""
+    (unless the parts do not fit the sharer's buffer: then it searches alone). A split
+    with ``row_range(n)`` then keeps the words of those rows only: the sharer lists
+    the neighbours of its own atoms."""
     n, d = X.shape
     ids, shifts = _adjacent_cells(tuple(grid))
     n_cells = ids.shape[0]
     cid, members, count, row = _cell_table(X, grid, cell_capacity)
     table = members[jnp.asarray(ids)].reshape(n_cells, -1)  # (n_cells, K)
     Rp = jnp.concatenate([X @ cell, jnp.zeros((1, d), X.dtype)])  # index n: padding
-    if split is not None:
-        per = -(-n_cells // split.size)
-        n_words = -(-ids.shape[1] * cell_capacity // 32)
-        if not split.fits((per * cell_capacity, n_words), np.uint32):
-            split = None  # no room to share: search alone
+    split = _sharing(split, grid, cell_capacity)
     if split is None:
         mine, own, own_table = np.arange(n_cells), members, table
     else:  # my cells (the last range repeats the last cell)
+        per = -(-n_cells // split.size)
         mine = np.minimum(np.arange(split.rank * per, (split.rank + 1) * per), n_cells - 1)
         own, own_table = members[mine], table[mine]
     R_own = Rp[own]  # (cells, capacity, d)
@@ -146,7 +147,27 @@ def _search_words(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: i
     words = pack(in_range).reshape(len(mine) * cell_capacity, -1)
     if split is not None:
         words = split.gather(words)[:n_cells * cell_capacity]
-    return words[row], table, cid, count
+    # padded cell slots hold no bits: the largest count over slots is over atoms
+    most = jnp.max(jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=1))
+    lo, hi = _rows(split, n)
+    return words[row[lo:hi]], table, cid, count, most
+
+
+def _sharing(split: Any, grid: tuple[int, ...], cell_capacity: int) -> Any:
+    """``split``, or None when there is none or its buffer cannot hold the parts (then
+    the search runs alone)."""
+    if split is None:
+        return None
+    ids, _ = _adjacent_cells(tuple(grid))
+    per = -(-ids.shape[0] // split.size)
+    n_words = -(-ids.shape[1] * cell_capacity // 32)
+    return split if split.fits((per * cell_capacity, n_words), np.uint32) else None
+
+
+def _rows(split: Any, n: int) -> tuple[int, int]:
+    """The atoms whose neighbours a search lists: the sharer's ``row_range`` if it has
+    one, else all."""
+    return split.row_range(n) if hasattr(split, "row_range") else (0, n)
 
 
 def rank_select(words: Array, k_max: int) -> tuple[Array, Array]:
@@ -185,7 +206,7 @@ def candidates(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int,
 def max_neighbors(found: tuple[Array, ...]) -> Array:
     """Largest number of neighbours within ``reach`` of any atom (for sizing a list), from
     :func:`candidates`."""
-    return jnp.max(jnp.sum(jax.lax.population_count(found[0]).astype(jnp.int32), axis=1))
+    return found[4]
 
 
 def dense_search(
@@ -218,19 +239,27 @@ def dense_search(
     n, d = X.shape
     if found is None:
         found = _search_words(X, cell, grid, cell_capacity, reach, split)
-    words, table, cid, count = found
+    words, table, cid, count, most = found
+    lo, hi = _rows(_sharing(split, grid, cell_capacity), n)
     pos, total = rank_select(words, max_neighbors)
     real = jnp.arange(max_neighbors, dtype=jnp.int32)[None, :] < total[:, None]
     n_cand = table.shape[1]
-    flat = cid[:, None] * n_cand + jnp.clip(pos, 0, n_cand - 1)
+    flat = cid[lo:hi, None] * n_cand + jnp.clip(pos, 0, n_cand - 1)
     too_small = jnp.any(perpendicular_widths(cell) / np.array(grid) < reach)
-    flags = (jnp.max(total) > max_neighbors, jnp.max(count) > cell_capacity, too_small)
+    flags = (most > max_neighbors, jnp.max(count) > cell_capacity, too_small)
+
+    def whole(part: Array, pad: int) -> Array:
+        """The rows ``lo:hi`` of an ``(N, max_neighbors)`` list, the others padding."""
+        if (lo, hi) == (0, n):
+            return part
+        return jnp.full((n, max_neighbors), pad, jnp.int32).at[lo:hi].set(part)
+
     if not images:
-        return (jnp.where(real, table.reshape(-1)[flat], n), *flags)
+        return (whole(jnp.where(real, table.reshape(-1)[flat], n), n), *flags)
     # one gather from a table of image slots; idx is read back from it
     ids, shifts = _adjacent_cells(tuple(grid))
     code = image_index(shifts)  # (n_cells, 3^d)
     slot_table = table + n * jnp.asarray(np.repeat(code, cell_capacity, axis=1), jnp.int32)
-    slots = jnp.where(real, slot_table.reshape(-1)[flat], n * 3**d)
+    slots = whole(jnp.where(real, slot_table.reshape(-1)[flat], n * 3**d), n * 3**d)
     idx = jnp.where(slots < n * 3**d, slots % n, n)
     return (idx, *flags, slots)

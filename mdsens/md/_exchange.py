@@ -76,6 +76,13 @@ class ProcessRows:
     size: int
     channel: str
 
+    def row_range(self, n: int) -> tuple[int, int]:
+        """``(lo, hi)``: the rows (atoms) this process evaluates and lists, ``[r p, (r + 1)
+        p)`` with ``p = ceil(n / size)``, clipped to ``n``."""
+        per = -(-n // self.size)
+        lo = min(self.rank * per, n)
+        return lo, min(lo + per, n)
+
     def cells(self) -> CellShare:
         """The sharer of neighbour-list rebuilds among the same processes."""
         return CellShare(self)
@@ -103,9 +110,19 @@ class CellShare:
         need = self.size * int(np.prod(shape)) * np.dtype(dtype).itemsize
         return entry is not None and need <= entry[1].part_bytes
 
+    def row_range(self, n: int) -> tuple[int, int]:
+        """The rows whose neighbours this process lists (:meth:`ProcessRows.row_range`)."""
+        return self.rows.row_range(n)
+
     def gather(self, part: Any) -> Any:
         """Traced: every process's ``part`` concatenated along axis 0 in rank order."""
         return gather_parts(self.rows, part)
+
+    def most(self, values: Any) -> Any:
+        """Traced: the elementwise largest of every process's ``values`` (int32 ``(k,)``)."""
+        import jax.numpy as jnp
+
+        return jnp.max(gather_parts(self.rows, jnp.asarray(values, jnp.int32)[None]), axis=0)
 
 
 def part_bytes_for(n_rows: int) -> int:

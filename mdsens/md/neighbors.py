@@ -132,12 +132,13 @@ def owns(i: Array, j: Array, key: Array | None = None) -> Array:
     return jnp.where(key != 0, key > 0, result)
 
 
-def half_space_keys(X: Array, idx: Array, slots: Array) -> Array:
-    r"""``(N, M)`` keys for :func:`owns` of the pairs of a list ``idx`` (padded with N;
-    padding gives 0) with image slots ``slots`` (``j + N t``) built at fractional positions
-    ``X`` ``(N, d)``: the pair's displacement :math:`X_j + n_t - X_i` projected on
-    :data:`HALF_SPACE_NORMAL`, evaluated as :math:`(p_j - p_i) + c_t` with
-    :math:`p = X \cdot \hat n` and :math:`c_t = n_t \cdot \hat n`.
+def half_space_keys(X: Array, idx: Array, slots: Array, first: int = 0) -> Array:
+    r"""``(R, M)`` keys for :func:`owns` of the pairs in rows ``first … first + R - 1`` of a
+    list: ``idx`` ``(R, M)`` (padded with N; padding gives 0) and its image slots ``slots``
+    (``j + N t``), built at fractional positions ``X`` ``(N, d)``: the pair's displacement
+    :math:`X_j + n_t - X_i` projected on :data:`HALF_SPACE_NORMAL`, evaluated as
+    :math:`(p_j - p_i) + c_t` with :math:`p = X \cdot \hat n` and
+    :math:`c_t = n_t \cdot \hat n`.
 
     Exactly antisymmetric, which is what :func:`owns` needs: the pair (j, i) has the
     opposite image shift, so :math:`c` changes sign exactly, the difference of the
@@ -153,35 +154,51 @@ def half_space_keys(X: Array, idx: Array, slots: Array) -> Array:
     j = jnp.where(real, idx, 0)
     # t = (slot - j) / N, exactly (a small integer), without an integer division
     t = jnp.round((slots - j).astype(jnp.float32) * np.float32(1.0 / n)).astype(jnp.int32)
-    return jnp.where(real, (p[j] - p[:, None]) + c[jnp.where(real, t, 0)], 0)
+    p_i = p[first:first + idx.shape[0], None]
+    return jnp.where(real, (p[j] - p_i) + c[jnp.where(real, t, 0)], 0)
 
 
-def _owned_mask(idx: Array, slots: Array | None = None, X: Array | None = None) -> Array:
-    """``(N, M)`` bool: the slots of the full list ``idx`` (padded with N) whose pair the
-    row's atom owns (:func:`owns`). By parity, or, given the image slots ``slots`` and the
-    fractional positions ``X`` of the list, by half-space or by parity, whichever gives the
-    smaller largest row: half-space in bulk disorder, parity where a surface or a gap
-    leaves some atoms all their neighbours on one side (each list is split by one rule,
-    so each pair is still owned once)."""
+def _owned_mask(idx: Array, slots: Array | None = None, X: Array | None = None,
+                split: Any = None) -> tuple[Array, Array, int]:
+    """``(mask (R, M) bool, widest, first)``: which slots of rows ``first … first + R - 1``
+    of the full list ``idx`` ``(N, M)`` (padded with N) hold a pair the row's atom owns
+    (:func:`owns`), and the largest number of owned pairs in a row of the whole list.
+
+    By parity, or, given the image slots ``slots`` and the fractional positions ``X`` of
+    the list, by half-space or by parity, whichever gives the smaller largest row:
+    half-space in bulk disorder, parity where a surface or a gap leaves some atoms all
+    their neighbours on one side (each list is split by one rule, so each pair is still
+    owned once). The rows are all of them, or, with a ``split`` that has a ``row_range``
+    (processes that share a relaxation, :class:`mdsens.md._exchange.CellShare`), this
+    process's own; the rule and ``widest`` are then agreed among the processes."""
     n = idx.shape[0]
-    real = idx < n
-    i = jnp.arange(n, dtype=idx.dtype)[:, None]
-    parity = real & owns(i, idx)
-    if X is None or slots is None:
-        return parity
-    half = real & owns(i, idx, half_space_keys(X, idx, slots))
-    widest = [jnp.max(jnp.sum(m, axis=1, dtype=jnp.int32)) for m in (half, parity)]
-    return jnp.where(widest[0] <= widest[1], half, parity)
+    share = split if split is not None and hasattr(split, "row_range") \
+        and split.fits((1, 2), np.int32) else None
+    lo, hi = share.row_range(n) if share is not None else (0, n)
+    rows = idx[lo:hi]
+    real = rows < n
+    i = jnp.arange(lo, hi, dtype=idx.dtype)[:, None]
+    masks = [real & owns(i, rows)]
+    if X is not None and slots is not None:
+        masks.insert(0, real & owns(i, rows, half_space_keys(X, rows, slots[lo:hi], lo)))
+    widest = jnp.stack([jnp.max(jnp.sum(m, axis=1, dtype=jnp.int32), initial=0)
+                        for m in masks])
+    if share is not None:
+        widest = share.most(widest)
+    if len(masks) == 1:
+        return masks[0], widest[0], lo
+    half = widest[0] <= widest[1]
+    return jnp.where(half, masks[0], masks[1]), jnp.min(widest), lo
 
 
 def owned_counts(idx: Array, slots: Array | None = None, X: Array | None = None) -> Array:
     """``(N,)`` number of the pairs of the full list ``idx`` ``(N, M)`` (padded with N) that
     each atom owns (``slots``, ``X``: see :func:`owned_slots`)."""
-    return jnp.sum(_owned_mask(idx, slots, X), axis=1, dtype=jnp.int32)
+    return jnp.sum(_owned_mask(idx, slots, X)[0], axis=1, dtype=jnp.int32)
 
 
 def owned_slots(idx: Array, slots: Array | None, width: int, dim: int,
-                X: Array | None = None) -> tuple[Array, Array]:
+                X: Array | None = None, split: Any = None) -> tuple[Array, Array]:
     r"""Each atom's owned pairs (:func:`owns`) of the full list ``idx`` ``(N, M)``,
     compacted to the first ``width`` columns: ``(owned (N, width), overflow)``.
 
@@ -190,18 +207,25 @@ def owned_slots(idx: Array, slots: Array | None, width: int, dim: int,
     scalar) is set when a row owns more than ``width`` pairs. ``X``: the fractional
     positions ``(N, d)`` the list was built at; with ``slots`` too, ownership by
     half-space or by parity, whichever gives the smaller largest row; otherwise by parity.
-    Listing each pair once halves the pair terms of an energy-and-force evaluation; the
-    force on the other atom is then scattered.
+    ``split`` (static; see :func:`_owned_mask`): processes that each evaluate their own
+    rows (``split.row_range``) derive only those, the other rows padded; ``overflow``
+    then holds for all rows. Listing each pair once halves the pair terms of an
+    energy-and-force evaluation; the force on the other atom is then scattered.
     """
     n, m = idx.shape
-    pos, total = _cell_search.rank_select(_cell_search.pack(_owned_mask(idx, slots, X)), width)
+    mask, widest, lo = _owned_mask(idx, slots, X, split)
+    hi = lo + mask.shape[0]
+    pos, total = _cell_search.rank_select(_cell_search.pack(mask), width)
     real = jnp.arange(width, dtype=jnp.int32)[None, :] < total[:, None]
     if slots is None:
         source, pad = idx, n
     else:
         source, pad = slots, n * 3**dim
-    picked = jnp.take_along_axis(source, jnp.clip(pos, 0, m - 1), axis=1)
-    return jnp.where(real, picked, pad).astype(jnp.int32), jnp.max(total) > width
+    picked = jnp.take_along_axis(source[lo:hi], jnp.clip(pos, 0, m - 1), axis=1)
+    owned = jnp.where(real, picked, pad).astype(jnp.int32)
+    if (lo, hi) != (0, n):
+        owned = jnp.pad(owned, ((lo, n - hi), (0, 0)), constant_values=pad)
+    return owned, widest > width
 
 
 def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
@@ -471,7 +495,8 @@ class NeighborListManager:
         with a cell grid are rebuilt by :func:`mdsens.md._cell_search.dense_search`, others
         by jax-md. Check :meth:`overflowed` afterwards. ``split`` (static): processes that
         share the search's in-range tests (``dense_search``'s ``split``), each calling
-        this with the same arguments.
+        this with the same arguments; each then lists only its own rows
+        (``split.row_range``), the others' padded, and the overflow bits hold for all.
         """
         R, C = _stop(R, C)
         X = self.list_positions(R, C)
@@ -514,7 +539,7 @@ class NeighborListManager:
         if owned is not None:
             owned, over = jax.lax.cond(
                 rebuild, lambda: owned_slots(nlist.idx, images, owned.shape[-1], self.dim,
-                                             X if self.periodic else None),
+                                             X if self.periodic else None, split),
                 lambda: (owned, jnp.asarray(False)))
             nlist = nlist.set(error=nlist.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, over))
         return Neighbors(nlist, ref_cell, images, owned)

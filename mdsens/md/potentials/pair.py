@@ -306,7 +306,7 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
 
     def owned_blocks(rows, real, first=0):
         """Energy, the whole gradient ``(N, d)`` and the virial entries of the owned pairs
-        of ``rows`` ``(b, chunk)``, the blocks from block ``first`` on (``real``: which
+        of ``rows`` ``(b, chunk)``, consecutive rows from row ``first`` on (``real``: which
         rows are not repeats)."""
         slots = owned if images is None else None
         neighborhood = neighborhood_fn(R, cell, species, slots,
@@ -337,9 +337,9 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
                 jnp.zeros((len(pairs) if virial else 1,), R.dtype))
         (grad, e, w), own = jax.lax.scan(block, init, (rows, jnp.asarray(real)))
         own = own.reshape(-1, d)
-        if own.shape[0] != n_chunks * chunk:  # some blocks only: zeros for the others
-            own = jnp.zeros((n_chunks * chunk, d), R.dtype).at[
-                first * chunk:first * chunk + own.shape[0]].set(own)
+        if (first, own.shape[0]) != (0, n_chunks * chunk):  # some rows: zeros elsewhere
+            own = jnp.zeros((first + own.shape[0], d), R.dtype).at[first:].set(own)
+            own = jnp.pad(own, ((0, max(0, n - own.shape[0])), (0, 0)))
         return e, jnp.stack(grad, -1) - own[:n], w
 
     args = (R, cell, species, idx, images, sym)
@@ -354,22 +354,26 @@ def _energy_and_position_gradient(pot, pad, params, R, cell, species, idx, image
                           axis=0)
 
     by_owned = owned is not None and blocked and (mesh is None or processes is not None)
-    if processes is not None and shards > 1:  # this process's blocks of rows
-        per = n_chunks // shards
-        mine = slice(processes.rank * per, (processes.rank + 1) * per)
+    if processes is not None and shards > 1:
+        # this process's rows, the ones its neighbour list holds (ProcessRows.row_range),
+        # in blocks; every process sends as many rows, ceil(n / size)
+        lo, hi = processes.row_range(n)
+        per = -(-n // processes.size)
+        mine = np.arange(lo, lo + -(-per // chunk) * chunk)
+        rows_mine = jnp.asarray(np.minimum(mine, n - 1).reshape(-1, chunk))
+        real_mine = (mine < hi).reshape(-1, chunk)
     if by_owned:
         if processes is not None and shards > 1:
             # the others' scattered gradients are added through shared memory
-            e_mine, grad_mine, w_mine = owned_blocks(rows[mine], real[mine], mine.start)
+            e_mine, grad_mine, w_mine = owned_blocks(rows_mine, real_mine, lo)
             energy, grad, w = exchange(processes, e_mine, grad_mine, w_mine, R, summed=True)
         else:
             energy, grad, w = owned_blocks(rows, real)
     elif processes is not None and shards > 1:
         # the others' rows come through shared memory
-        out = blocks(*args, rows[mine])
-        e_mine, w_mine = totals(out, real[mine])
-        energy, grad, w = exchange(processes, e_mine, out[1].reshape(per * chunk, d), w_mine,
-                                   R)
+        out = blocks(*args, rows_mine)
+        e_mine, w_mine = totals(out, real_mine)
+        energy, grad, w = exchange(processes, e_mine, out[1].reshape(-1, d)[:per], w_mine, R)
         grad = grad[:n]
     else:
         if n_chunks == 1:
