@@ -252,7 +252,7 @@ def dense_search(
         """The rows ``lo:hi`` of an ``(N, max_neighbors)`` list, the others padding."""
         if (lo, hi) == (0, n):
             return part
-        return jnp.full((n, max_neighbors), pad, jnp.int32).at[lo:hi].set(part)
+        return jnp.pad(part, ((lo, n - hi), (0, 0)), constant_values=pad)
 
     if not images:
         return (whole(jnp.where(real, table.reshape(-1)[flat], n), n), *flags)
@@ -260,6 +260,7 @@ def dense_search(
     ids, shifts = _adjacent_cells(tuple(grid))
     code = image_index(shifts)  # (n_cells, 3^d)
     slot_table = table + n * jnp.asarray(np.repeat(code, cell_capacity, axis=1), jnp.int32)
-    slots = whole(jnp.where(real, slot_table.reshape(-1)[flat], n * 3**d), n * 3**d)
-    idx = jnp.where(slots < n * 3**d, slots % n, n)
+    slots = jnp.where(real, slot_table.reshape(-1)[flat], n * 3**d)
+    idx = whole(jnp.where(slots < n * 3**d, slots % n, n), n)
+    slots = whole(slots, n * 3**d)
     return (idx, *flags, slots)
