@@ -132,33 +132,42 @@ def test_rebuilds_through_strain_and_moves_keep_energies_exact():
     np.testing.assert_allclose(F_nl, F_all, atol=1e-10)
 
 
-def test_second_allocation_by_search_equals_jax_md(monkeypatch):
-    """After a first (jax-md) allocation, ``allocate`` uses the jitted search: same
-    neighbour sets and the same capacity as a jax-md allocation of the same state."""
+def test_allocations_by_search_equal_jax_md(monkeypatch):
+    """``allocate`` lists by the jitted search from the first allocation on (its layout
+    set up by jax-md's rules, without jax-md's allocation): same neighbour sets, list
+    width, cell size and (first) cell capacity as jax-md's allocation of the same state."""
     atoms = bulk("Ar", "fcc", a=1.55, cubic=True).repeat((6, 6, 6))
     system = System.from_ase(atoms)
-    model = build(system, potentials.lennard_jones(r_onset=1.5, r_cutoff=2.0),
-                  neighbor_list=True)
-    model.allocate(system.positions, system.cell)
+    pot = potentials.lennard_jones(r_onset=1.5, r_cutoff=2.0)
+    model = build(system, pot, neighbor_list=True)
     calls = []
     search = neighbors_module._dense_search
     monkeypatch.setattr(neighbors_module, "_dense_search",
                         lambda *a, **k: calls.append(1) or search(*a, **k))
+    first = model.allocate(system.positions, system.cell)
+    assert calls == [1]  # the first allocation ran the search
     R = system.positions + 0.05 * np.random.default_rng(3).standard_normal((len(atoms), 3))
     C = system.cell * 1.02
     searched = model.allocate(R, C, extra_capacity=2)
-    assert calls == [1]  # this allocation ran the search
-    fresh = build(system, potentials.lennard_jones(r_onset=1.5, r_cutoff=2.0),
-                  neighbor_list=True)
-    reference = fresh.allocate(R, C, extra_capacity=2)  # a new model: jax-md's allocation
-    assert calls == [1]
-    assert searched.nlist.idx.shape == reference.nlist.idx.shape
+    assert calls == [1, 1]
+    # references: jax-md's own allocation (new models, the template set-up switched off)
+    monkeypatch.setattr(neighbors_module.NeighborListManager, "_new_search_template",
+                        lambda self, *args: False)
     n = len(atoms)
-    for a, b in zip(np.asarray(searched.nlist.idx), np.asarray(reference.nlist.idx),
-                    strict=True):
-        assert set(a[a < n]) == set(b[b < n])
-    assert searched.nlist.max_occupancy == reference.nlist.max_occupancy
-    assert not model.overflowed(searched)
+    for (pos, cell, extra), got in (((system.positions, system.cell, 0), first),
+                                    ((R, C, 2), searched)):
+        reference = build(system, pot, neighbor_list=True).allocate(pos, cell,
+                                                                    extra_capacity=extra)
+        assert calls == [1, 1]
+        assert got.nlist.idx.shape == reference.nlist.idx.shape
+        for a, b in zip(np.asarray(got.nlist.idx), np.asarray(reference.nlist.idx),
+                        strict=True):
+            assert set(a[a < n]) == set(b[b < n])
+        assert got.nlist.max_occupancy == reference.nlist.max_occupancy
+        assert got.nlist.cell_size == reference.nlist.cell_size
+        assert not model.overflowed(got)
+    reference = build(system, pot, neighbor_list=True).allocate(system.positions, system.cell)
+    assert first.nlist.cell_list_capacity == reference.nlist.cell_list_capacity
 
 
 def test_dense_search_in_two_dimensions_matches_brute_force():

@@ -38,8 +38,10 @@ State
 The manager is immutable and hashed by identity (it may sit inside a static jit argument).
 Its only mutable part is a :class:`NeighborCache`, created with it and owned by it, that
 remembers host-side set-up between allocations so that lists of one layout share compiled
-code: one cell-list function per (capacity, box) and the last jax-md allocation, whose
-static grid lets later allocations use the faster jitted search. The cache changes no
+code: one cell-list function per (capacity, box) and the static layout of the last
+periodic list on a cell grid (jax-md's rules for the grid and cell capacity, set up without
+running jax-md's allocation when the grid allows), which lets allocations use the faster
+jitted search. The cache changes no
 result, only which path computes it; it is touched by :meth:`~NeighborListManager.allocate`
 alone (host side), never inside a trace.
 """
@@ -289,10 +291,11 @@ class NeighborCache:
         cell size bytes)``. jax-md puts a fresh closure into every allocated list as a
         static field; swapping in the first equal one lets lists of one layout share
         compiled code.
-      search_template: the last periodic list allocated by jax-md with a cell grid (its
-        static fields: grid cell size and capacity, cell-list function), or None. Later
-        periodic allocations on the same grid run the jitted search instead; a grid cell
-        found fuller than its capacity raises the template's capacity (jax-md's rule).
+      search_template: the layout of the last periodic list with a cell grid (static
+        fields: grid cell size and capacity, cell-list function; from jax-md's allocation
+        or set up by its rules, ``NeighborListManager._new_search_template``), or None.
+        Periodic allocations on the same grid run the jitted search; a grid cell found
+        fuller than its capacity raises the template's capacity (jax-md's rule).
     """
 
     cell_list_fns: dict[Hashable, Callable] = dataclasses.field(default_factory=dict)
@@ -393,6 +396,8 @@ class NeighborListManager:
         X = self.list_positions(R, C)
         if self.periodic:
             nlist = self._allocate_by_search(X, C, extra_capacity)
+            if nlist is None and self._new_search_template(X, C, extra_capacity):
+                nlist = self._allocate_by_search(X, C, extra_capacity)
             if nlist is None:
                 with _quiet_jax_md():
                     nlist = self.neighbor_fn.allocate(X, extra_capacity=extra_capacity,
@@ -432,17 +437,41 @@ class NeighborListManager:
         the next rebuild."""
         return jnp.any(_cell_search.perpendicular_widths(C) < 2.0 * self.reach)
 
+    def _new_search_template(self, X: Array, C: Array, extra_capacity: int) -> bool:
+        """Set :attr:`NeighborCache.search_template` to the layout jax-md's ``allocate``
+        would choose for fractional positions ``X`` in cell ``C``, without running it:
+        its grid cell size for ``C`` (``1 / n``, ``n`` cells along every direction) and
+        its cell capacity (``max occupancy × capacity_multiplier + extra_capacity``).
+        jax-md's allocation compiles and runs a list of its own (≈ 5 s at 32000 atoms on
+        one core, most of a first relaxation's set-up); the search then needs no second
+        compile on the next allocation. False (nothing set) when jax-md would use no
+        cell grid (fewer than 3 cells along some direction)."""
+        cell_size = float(partition._fractional_cell_size(_nl_box(C), self.reach))
+        if not cell_size < 1.0 / 3.0:
+            return False
+        grid = _cell_search.grid_shape(cell_size, self.dim)
+        Xn = np.asarray(X)
+        cells = np.clip(np.floor(Xn * np.array(grid)).astype(np.int64), 0, np.array(grid) - 1)
+        occupancy = np.bincount(np.ravel_multi_index(cells.T, grid), minlength=math.prod(grid))
+        capacity = int(occupancy.max() * self.capacity_multiplier) + extra_capacity
+        self.cache.search_template = partition.NeighborList(
+            jnp.zeros((Xn.shape[0], 0), jnp.int32), X,
+            partition.PartitionError(jnp.zeros((), jnp.uint8)), capacity, 0,
+            partition.NeighborListFormat.Dense, cell_size,
+            partition.cell_list(1.0, cell_size, self.capacity_multiplier),
+            self.neighbor_fn.update)
+        return True
+
     def _allocate_by_search(
         self, X: Array, C: Array, extra_capacity: int
     ) -> partition.NeighborList | None:
         """A new list by the jitted :func:`~mdsens.md._cell_search.dense_search`, reusing
-        the static layout (cell grid, cell capacity) of the cached jax-md allocation.
+        the static layout (cell grid, cell capacity) of the cached template.
 
         Same neighbour sets and the same capacity rule as jax-md's ``allocate``
         (``max occupancy × capacity_multiplier + extra_capacity``), ≈ 5× faster; None when
-        there is no earlier allocation or the box needs another grid (jax-md then allocates
-        afresh). A grid cell with more atoms than the cell capacity raises the capacity by
-        jax-md's rule.
+        there is no template or the box needs another grid. A grid cell with more atoms
+        than the cell capacity raises the capacity by jax-md's rule.
         """
         template = self.cache.search_template
         if template is None:
