@@ -246,3 +246,24 @@ class _RowsSplit(_RecordingSplit):
     def row_range(self, n):
         per = -(-n // self.size)
         return min(self.rank * per, n), min((self.rank + 1) * per, n)
+
+
+def test_sharer_overflow_counts_atoms_not_padded_cell_slots():
+    """A padded cell slot is tested at the origin. In a lattice with an atom there it finds
+    that atom too: one more than any atom's 54 neighbours. A sharer's overflow flag counts
+    atoms only, as the unsplit search does."""
+    atoms = bulk("Ar", "fcc", a=1.55, cubic=True).repeat((6, 6, 6))
+    X, C = jnp.asarray(atoms.get_scaled_positions(wrap=True)), jnp.asarray(atoms.cell[:])
+    reach, grid = 2.2, (4, 4, 4)
+    idx, over, *_ = dense_search(X, C, grid, 20, 54, reach)
+    assert not bool(over) and int(np.max(np.sum(np.asarray(idx) < len(atoms), axis=1))) == 54
+    parts = []
+    for rank in range(2):
+        rec = _RecordingSplit(rank, 2)
+        dense_search(X, C, grid, 20, 54, reach, split=rec)
+        parts.append(rec.part)
+    counts = np.asarray(jax.lax.population_count(jnp.concatenate(parts))).sum(axis=1)
+    assert counts.max() == 55  # the padded slots' count, which the flag must not take
+    for rank in range(2):
+        got = dense_search(X, C, grid, 20, 54, reach, split=_RowsSplit(rank, 2, parts))
+        assert not bool(got[1])

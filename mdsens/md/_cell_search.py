@@ -111,9 +111,9 @@ def _search_words(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: i
                   reach: float, split: Any = None):
     """In-range bits of the atoms' candidates, packed: ``(words (hi - lo, n_words),
     neighbour table (n_cells, K) padded with N, cell id per atom, occupancy, most
-    neighbours of any atom)``; bit ``m`` of word row ``i - lo`` is candidate
-    ``neighbour_table[cid_i, m]`` for atom i of ``(lo, hi) =`` :func:`_rows` (all N atoms
-    without a split).
+    neighbours of any atom (None when the words are every atom's))``; bit ``m`` of word
+    row ``i - lo`` is candidate ``neighbour_table[cid_i, m]`` for atom i of ``(lo, hi) =``
+    :func:`_rows` (all N atoms without a split).
 
     With ``split`` (an object with ``rank``, ``size``, ``fits(shape, dtype)`` and
     ``gather(part)``, which returns the ``part`` arrays of all ``size`` sharers
@@ -147,9 +147,12 @@ def _search_words(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: i
     words = pack(in_range).reshape(len(mine) * cell_capacity, -1)
     if split is not None:
         words = split.gather(words)[:n_cells * cell_capacity]
-    # padded cell slots hold no bits: the largest count over slots is over atoms
-    most = jnp.max(jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=1))
     lo, hi = _rows(split, n)
+    most = None  # dense_search takes it from its rows' counts when they are all the rows
+    if (lo, hi) != (0, n):  # every atom's count (a padded cell slot sits at the origin and
+        # has bits of its own, so the largest count over slots would overstate it)
+        counts = jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=1)
+        most = jnp.max(counts[row])
     return words[row[lo:hi]], table, cid, count, most
 
 
@@ -206,7 +209,9 @@ def candidates(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int,
 def max_neighbors(found: tuple[Array, ...]) -> Array:
     """Largest number of neighbours within ``reach`` of any atom (for sizing a list), from
     :func:`candidates`."""
-    return found[4]
+    if found[4] is not None:
+        return found[4]
+    return jnp.max(jnp.sum(jax.lax.population_count(found[0]).astype(jnp.int32), axis=1))
 
 
 def dense_search(
@@ -246,6 +251,7 @@ def dense_search(
     n_cand = table.shape[1]
     flat = cid[lo:hi, None] * n_cand + jnp.clip(pos, 0, n_cand - 1)
     too_small = jnp.any(perpendicular_widths(cell) / np.array(grid) < reach)
+    most = jnp.max(total) if most is None else most
     flags = (most > max_neighbors, jnp.max(count) > cell_capacity, too_small)
 
     def whole(part: Array, pad: int) -> Array:
