@@ -41,9 +41,8 @@ remembers host-side set-up between allocations so that lists of one layout share
 code: one cell-list function per (capacity, box) and the static layout of the last
 periodic list on a cell grid (jax-md's rules for the grid and cell capacity, set up without
 running jax-md's allocation when the grid allows), which lets allocations use the faster
-jitted search. The cache changes no
-result, only which path computes it; it is touched by :meth:`~NeighborListManager.allocate`
-alone (host side), never inside a trace.
+jitted search. The cache changes no result, only which path computes it; it is touched by
+:meth:`~NeighborListManager.allocate` alone (host side), never inside a trace.
 """
 
 from __future__ import annotations
