@@ -199,9 +199,9 @@ def rank_select(words: Array, k_max: int) -> tuple[Array, Array]:
 
 
 def candidates(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: int,
-               reach: float) -> tuple[Array, Array, Array, Array]:
+               reach: float) -> tuple[Array, ...]:
     """The in-range tests of a search, ``(words, neighbour table, cell id per atom,
-    occupancy)`` (see :func:`_search_words`): :func:`max_neighbors` sizes a list from them
+    occupancy, None)`` (see :func:`_search_words`): :func:`max_neighbors` sizes a list from them
     and :func:`dense_search` (``found``) lists it, with one round of tests."""
     return _search_words(X, cell, grid, cell_capacity, reach)
 
