@@ -37,6 +37,7 @@ from . import _relax_loop as _loop
 from ._models import model_for
 from ._relaxation import Relaxation, Status
 from .model import EnergyModel, Neighbors
+from .neighbors import ImageTable
 from .options import RelaxOptions
 from .potentials.base import LJ_BOND_STIFFNESS
 from .stage_store import stage as persistent_stage
@@ -191,7 +192,7 @@ def common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
     """Stack per-member lists, each padded to the largest neighbour (and cell-list)
     capacity: the padded slots hold the empty index (the number of internal atoms; ``N
     3^d`` in the image slots), so a padded list has the same neighbours as before. Image
-    slots are kept only if every member has them.
+    slots (and image tables) are kept only if every member has them.
 
     Raises:
       Incompatible: the lists were built with different cell-list cell sizes.
@@ -209,6 +210,8 @@ def common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
     # owned pairs (image slots or indices, as the lists' images) when all lists have them
     with_owned = with_images and all(n.owned is not None for n in lists)
     owned_width = max(n.owned.shape[-1] for n in lists) if with_owned else 0
+    with_table = with_images and all(n.table is not None for n in lists)
+    ghosts = max(n.table.ghosts.shape[0] for n in lists) if with_table else 0
     padded = []
     for n, nl in zip(lists, nls):
         idx = nl.idx
@@ -221,10 +224,17 @@ def common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
         if with_owned:
             owned = jnp.pad(n.owned, ((0, 0), (0, owned_width - n.owned.shape[-1])),
                             constant_values=empty * 3**model.dim)
+        table = None
+        if with_table:  # padding slot N; spare ghosts name atom 0's own image
+            centre = (3**model.dim - 1) // 2
+            table = ImageTable(
+                jnp.pad(n.table.slots, extra, constant_values=empty),
+                jnp.pad(n.table.ghosts, (0, ghosts - n.table.ghosts.shape[0]),
+                        constant_values=centre * empty))
         idx = jnp.pad(idx, extra, constant_values=empty)
         nl = nl.set(idx=idx, max_occupancy=width, cell_list_capacity=cell_cap,
                     cell_list_fn=fn)
-        padded.append(Neighbors(nl, n.reference_cell, images, owned))
+        padded.append(Neighbors(nl, n.reference_cell, images, owned, table))
     return stack(padded)
 
 

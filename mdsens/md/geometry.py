@@ -74,7 +74,10 @@ class Geometry:
       pad_distance: length of the dummy displacement put into padded slots.
       images: optional ``(image slots (N, M), reference fractional positions (N, d))`` of
         the list (``mdsens.md.Neighbors.images``): pair forces may then read each pair's
-        displacement from its periodic image instead of taking the minimum image.
+        displacement from its periodic image instead of taking the minimum image. With a
+        third entry, the ghosts ``(G,)`` of an ``mdsens.md.neighbors.ImageTable``, the
+        slots are that table's (atom j's own image ``j``, padding ``N``, ghost g
+        ``N + 1 + g``).
       mesh: optional ``jax.sharding.Mesh`` whose devices share the evaluation, row blocks
         of the list each (:mod:`mdsens.md.sharding`); potentials that cannot split their
         work ignore it.
@@ -88,7 +91,7 @@ class Geometry:
     species: Array
     idx: Array | None
     pad_distance: float
-    images: tuple[Array, Array] | None = None
+    images: tuple[Array, ...] | None = None
     mesh: Any = None
     owned: Array | None = None
 
@@ -186,18 +189,32 @@ class Geometry:
         keeps images only for cells at least ``2 reach`` wide). Padded slots read a
         sentinel ``pad_distance`` beyond every atom in every component (beyond the cutoff);
         ``mask`` marks the real slots.
+
+        With an image table (a third entry of ``images``: its ghosts, see
+        :class:`mdsens.md.neighbors.ImageTable`) the positions read are those of the N
+        atoms, the padding sentinel and the ghosts only (the same numbers, bit for bit).
         """
-        slots, X_ref = self.images
+        slots, X_ref = self.images[:2]
         R, C = self.positions, self.cell
         n, d = R.shape
         Rc = fractional_near(R, C, X_ref) @ C
         shifts = jnp.asarray(image_shifts(d), R.dtype) @ C  # (3^d, d)
         n_images = shifts.shape[0]
         far = _stop(jnp.max(Rc, axis=0)) + self.pad_distance
-        sources = [jnp.concatenate([(shifts[:, k][:, None] + Rc[:, k][None, :]).reshape(-1),
-                                    far[k][None]]) for k in range(d)]
-        species_src = jnp.concatenate([jnp.tile(self.species, n_images),
-                                       jnp.zeros((1,), self.species.dtype)])
+        if len(self.images) == 3:
+            ghosts = self.images[2]
+            g_atom, g_image = ghosts % n, ghosts // n
+            sources = [jnp.concatenate([Rc[:, k], far[k][None],
+                                        shifts[g_image, k] + Rc[g_atom, k]]) for k in range(d)]
+            species_src = jnp.concatenate([self.species, jnp.zeros((1,), self.species.dtype),
+                                           self.species[g_atom]])
+            padding = n
+        else:
+            sources = [jnp.concatenate([(shifts[:, k][:, None] + Rc[:, k][None, :]).reshape(-1),
+                                        far[k][None]]) for k in range(d)]
+            species_src = jnp.concatenate([jnp.tile(self.species, n_images),
+                                           jnp.zeros((1,), self.species.dtype)])
+            padding = n * n_images
 
         def gather(rows: Array | None) -> Neighborhood:
             sl = slots if rows is None else slots[rows]
@@ -205,7 +222,7 @@ class Geometry:
             comps = [sources[k][sl] - Ri[:, k][:, None] for k in range(d)]
             r = jnp.sqrt(functools.reduce(jnp.add, [c * c for c in comps]))
             species = self.species if rows is None else self.species[rows]
-            return Neighborhood(jnp.stack(comps, axis=-1), r, sl < n * n_images, sl, species,
+            return Neighborhood(jnp.stack(comps, axis=-1), r, sl != padding, sl, species,
                                 species_src[sl])
 
         return gather

@@ -179,6 +179,9 @@ class EnergyModel:
             idx = nbrs.nlist.idx
             images = (None if nbrs.images is None
                       else (nbrs.images, nbrs.nlist.reference_position))
+            if nbrs.table is not None:  # the same slots, renumbered into a short table
+                images = (nbrs.table.slots, nbrs.nlist.reference_position,
+                          nbrs.table.ghosts)
             owned = nbrs.owned
         else:
             idx = None if self.all_pairs is None else jnp.asarray(self.all_pairs)
@@ -369,9 +372,12 @@ def build(
         if system.is_periodic:
             C_s = np.array(replicas, float)[:, None] * np.asarray(system.cell, np.float64)
         span = potential.owned_pairs
+        owned = span is not None and span[0] < n_internal <= span[1]
+        above = potential.image_table_above
         lists = NeighborListManager.create(
             system.positions, C_s, cutoff, float(skin), capacity_multiplier,
-            owned_pairs=span is not None and span[0] < n_internal <= span[1])
+            owned_pairs=owned,
+            image_table=not owned and above is not None and n_internal > above)
     elif potential.uses_neighborhood:
         all_pairs = np.broadcast_to(np.arange(n_internal, dtype=np.int32),
                                     (n_internal,) * 2).copy()

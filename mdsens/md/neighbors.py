@@ -92,17 +92,49 @@ class Neighbors:
       owned: ``(N, H)`` int32 or None (lists of managers with ``owned_pairs``): the pairs
         each atom owns (:func:`owned_slots`), as image slots when ``images`` is set, else
         as atom indices, padded like them; ``H`` is about half the list's width.
+      table: :class:`ImageTable` or None (lists of managers with ``image_table`` that
+        carry ``images`` and no ``owned``): ``images`` renumbered into a short table of
+        positions, which the pair forces read instead of every image of every atom.
     """
 
     nlist: partition.NeighborList
     reference_cell: Array
     images: Array | None = None
     owned: Array | None = None
+    table: ImageTable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTable:
+    r"""The image slots of a list renumbered into a short table (lists of managers with
+    ``image_table``; built by :func:`image_table` at every rebuild).
+
+    A pair force read from image slots ``j + N t`` needs the position of every image
+    ``t`` of every atom ``j``: a ``(3^d N + 1)``-entry table, rewritten at every
+    evaluation (at N = 32000, 864 000 entries per component, about 8 % of a force
+    evaluation on one core). Only atoms within ``reach`` of a face of the cell can have a
+    neighbour in another image, so the table here holds the N atoms, one padding entry
+    and the *ghosts*: the images ``t ≠ centre`` within ``reach`` of the cell (about
+    20000 at N = 32000), like LAMMPS's ghost atoms.
+
+    Attributes:
+      slots: ``(N, M)`` int32, :attr:`Neighbors.images` renumbered: atom j's own image is
+        ``j``, padding is ``N``, ghost g is ``N + 1 + g``.
+      ghosts: ``(G,)`` int32, the image slot ``j + N t`` of each ghost in increasing order;
+        unused entries hold ``N c`` (atom 0's own image, c the centre image's number).
+        ``G`` is the capacity (:meth:`NeighborListManager.allocate`); a rebuild that
+        finds more ghosts sets the list's overflow bit.
+    """
+
+    slots: Array
+    ghosts: Array
 
 
 jax.tree_util.register_dataclass(
-    Neighbors, data_fields=["nlist", "reference_cell", "images", "owned"], meta_fields=[]
+    Neighbors, data_fields=["nlist", "reference_cell", "images", "owned", "table"],
+    meta_fields=[]
 )
+jax.tree_util.register_dataclass(ImageTable, data_fields=["slots", "ghosts"], meta_fields=[])
 
 
 HALF_SPACE_NORMAL = (1.0, 0.5**0.5, 0.3**0.5)
@@ -246,6 +278,49 @@ def _image_slots(X: Array, C_s: Array, R_s: Array, idx: Array) -> Array:
     return jnp.where(mask, j + n * code, n * 3**d).astype(jnp.int32)
 
 
+def _ghost_mask(X: Array, C: Array, reach: float) -> Array:
+    r"""``(3^d N,)`` bool, slot ``j + N t``: whether image t ≠ centre of atom j lies
+    within ``reach`` of the cell along every lattice direction, :math:`-w_k \le X_{jk} +
+    n_{tk} \le 1 + w_k` with :math:`w_k = \mathrm{reach} / \mathrm{width}_k` (``X``
+    the fractional positions ``(N, d)`` in ``[0, 1)``, ``C`` the cell). Every image a list
+    built on ``X`` can name is one of them (a pair vector of length ≤ reach has
+    fractional components ≤ :math:`w_k`); like LAMMPS's ghost atoms, they depend on the
+    positions alone, not on which rows a process lists."""
+    n, d = X.shape
+    w = reach / _cell_search.perpendicular_widths(C) * (1.0 + 1e-9)
+    shifts = jnp.asarray(image_shifts(d), X.dtype)
+    pos = X[None, :, :] + shifts[:, None, :]
+    near = jnp.all((pos >= -w) & (pos <= 1.0 + w), axis=-1)
+    return near.at[(3**d - 1) // 2].set(False).reshape(-1)
+
+
+def ghost_count(X: Array, C: Array, reach: float) -> Array:
+    """Number (int32 scalar) of ghosts of fractional positions ``X`` in cell ``C`` (the
+    images of :func:`_ghost_mask`)."""
+    return jnp.sum(_ghost_mask(X, C, reach), dtype=jnp.int32)
+
+
+def image_table(slots: Array, X: Array, C: Array, reach: float, capacity: int
+                ) -> tuple[ImageTable, Array]:
+    r"""The :class:`ImageTable` of image slots ``slots`` ``(N, M)`` (``j + N t``, padded
+    with ``N 3^d``) of a list built at fractional positions ``X`` in cell ``C`` with
+    ``reach``, with room for ``capacity`` ghosts, and whether it overflowed (bool scalar:
+    more ghosts than ``capacity``; the extra ones then read the padding entry).
+
+    Ghosts are numbered in increasing slot order (a prefix sum over the ``3^d N`` slots).
+    """
+    n, d = X.shape
+    centre = (3**d - 1) // 2
+    ghost = _ghost_mask(X, C, reach)
+    rank = jnp.cumsum(ghost, dtype=jnp.int32) - 1
+    code = jnp.arange(3**d * n, dtype=jnp.int32)
+    renumber = jnp.where(code // n == centre, code - centre * n,
+                         jnp.where(ghost & (rank < capacity), n + 1 + rank, n))
+    renumber = jnp.concatenate([renumber, jnp.full((1,), n, jnp.int32)])  # the padding
+    ghosts = jnp.nonzero(ghost, size=capacity, fill_value=centre * n)[0].astype(jnp.int32)
+    return ImageTable(renumber[slots], ghosts), rank[-1] + 1 > capacity
+
+
 def _nl_box(cell: Array) -> Array:
     r"""Upper-triangular jax-md box with the metric of ``cell``: :math:`L^T`, :math:`LL^T = CC^T`.
 
@@ -270,6 +345,8 @@ _candidates = jax.jit(_cell_search.candidates, static_argnums=(2, 3, 4))
 _max_neighbors = jax.jit(_cell_search.max_neighbors)
 _owned_counts_jit = jax.jit(owned_counts)
 _owned_slots_jit = jax.jit(owned_slots, static_argnums=(2, 3))
+_ghost_count_jit = jax.jit(ghost_count, static_argnums=2)
+_image_table_jit = jax.jit(image_table, static_argnums=(3, 4))
 
 
 def _wrap(S: Array) -> Array:
@@ -317,6 +394,8 @@ class NeighborListManager:
         rebuild rule is this class's).
       origin: ``(d,)`` free systems only: the lower corner of the list's box, Å.
       owned_pairs: lists also carry :attr:`Neighbors.owned` (each pair once).
+      image_table: lists with image slots and without owned pairs also carry
+        :attr:`Neighbors.table`.
       cache: the :class:`NeighborCache` this manager owns.
     """
 
@@ -328,6 +407,7 @@ class NeighborListManager:
     neighbor_fn: Any
     origin: np.ndarray | None = None
     owned_pairs: bool = False
+    image_table: bool = False
     cache: NeighborCache = dataclasses.field(default_factory=NeighborCache, repr=False)
 
     @property
@@ -339,13 +419,15 @@ class NeighborListManager:
     def create(
         cls, positions: Any, cell: Any, cutoff: float, skin: float,
         capacity_multiplier: float = 1.25, owned_pairs: bool = False,
+        image_table: bool = False,
     ) -> NeighborListManager:
         """A manager for ``positions`` ``(n, d)`` in ``cell`` ``(d, d)`` (None: free).
 
         Only the box is taken from the arguments: the cell's metric for a periodic list
         (a later cell may differ), the bounding box of ``positions`` enlarged by ``reach``
         for a free one. With ``owned_pairs`` every list also lists each pair once
-        (:attr:`Neighbors.owned`).
+        (:attr:`Neighbors.owned`); with ``image_table`` lists with image slots and no owned
+        pairs carry their :class:`ImageTable` (:attr:`Neighbors.table`).
 
         Raises:
           ValueError: ``cutoff`` not positive or ``skin`` negative.
@@ -366,7 +448,8 @@ class NeighborListManager:
                                                      fractional_coordinates=True)
             fn = partition.neighbor_list(displacement, jnp.asarray(box0), reach,
                                          fractional_coordinates=True, **common)
-            return cls(True, R.shape[-1], cutoff, skin, mult, fn, owned_pairs=owned_pairs)
+            return cls(True, R.shape[-1], cutoff, skin, mult, fn, owned_pairs=owned_pairs,
+                       image_table=image_table)
         lo, hi = R.min(axis=0), R.max(axis=0)
         displacement, _ = space.free()
         fn = partition.neighbor_list(displacement, jnp.asarray((hi - lo) + 2.0 * reach),
@@ -407,8 +490,9 @@ class NeighborListManager:
             images = None
             if not bool(self._too_narrow_for_images(C)):
                 images = _image_slots_jit(X, C, R, nlist.idx)
-            return Neighbors(nlist, C, images, self._allocate_owned(nlist, images,
-                                                                    extra_capacity, X))
+            owned = self._allocate_owned(nlist, images, extra_capacity, X)
+            return Neighbors(nlist, C, images, owned,
+                             self._allocate_table(images, owned, X, C))
         with _quiet_jax_md():
             nlist = self.neighbor_fn.allocate(X, extra_capacity=extra_capacity)
             nlist = self._stable(nlist)
@@ -427,6 +511,17 @@ class NeighborListManager:
         width = max(1, min(int(most * self.capacity_multiplier + extra_capacity),
                            nlist.idx.shape[-1]))
         return _owned_slots_jit(nlist.idx, images, width, self.dim, X)[0]
+
+    def _allocate_table(self, images: Array | None, owned: Array | None, X: Array,
+                        C: Array) -> ImageTable | None:
+        """:attr:`Neighbors.table` of a new list at fractional positions ``X`` in cell
+        ``C`` (None without ``image_table``, image slots, or with owned pairs), with room
+        for ``capacity_multiplier`` times its ghosts, plus 16."""
+        if not self.image_table or images is None or owned is not None:
+            return None
+        count = int(_ghost_count_jit(X, C, self.reach))
+        capacity = int(count * self.capacity_multiplier) + 16
+        return _image_table_jit(images, X, C, self.reach, capacity)[0]
 
     def _too_narrow_for_images(self, C: Array) -> Array:
         """True (``bool`` scalar array; jit-able) if a list in cell ``C`` may not carry
@@ -570,7 +665,13 @@ class NeighborListManager:
                                              X if self.periodic else None, split),
                 lambda: (owned, jnp.asarray(False)))
             nlist = nlist.set(error=nlist.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, over))
-        return Neighbors(nlist, ref_cell, images, owned)
+        table = nbrs.table
+        if table is not None:
+            table, over = jax.lax.cond(
+                rebuild, lambda: image_table(images, X, C, self.reach, table.ghosts.shape[0]),
+                lambda: (table, jnp.asarray(False)))
+            nlist = nlist.set(error=nlist.error.update(_PEC.NEIGHBOR_LIST_OVERFLOW, over))
+        return Neighbors(nlist, ref_cell, images, owned, table)
 
     def needs_rebuild(self, R: Array, C: Array | None, nbrs: Neighbors) -> Array:
         """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``

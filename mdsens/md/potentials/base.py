@@ -213,6 +213,10 @@ class Potential:
     """``(above, up_to)``: neighbour lists of systems with more than ``above`` and at most
     ``up_to`` internal atoms also list each pair once (``Geometry.owned``), for a potential
     whose force loop is faster with it there; None: never."""
+    image_table_above: ClassVar[int | None] = None
+    """Neighbour lists of systems with more than this many internal atoms and no owned
+    pairs carry an image table (``mdsens.md.neighbors.ImageTable``), for a potential whose
+    force loop reads pair displacements from periodic images; None: never."""
     hessian_range_factor: ClassVar[float] = 2.0
     """The Hessian couples atoms up to this many cutoffs apart: 1 for pair potentials, 2
     for three-body and embedded-atom ones (neighbours of a common neighbour)."""
