@@ -16,7 +16,7 @@ import pytest
 
 from mdsens.md import System, build, lennard_jones, relax
 from mdsens.md._driver import common_lists
-from mdsens.md.neighbors import NeighborListManager, ghost_count, image_table
+from mdsens.md.neighbors import NeighborListManager, _ghost_mask, image_table
 from mdsens.md.potentials.pair import PairPotential
 
 jax.config.update("jax_enable_x64", True)
@@ -74,12 +74,19 @@ def test_table_stands_for_the_image_slots(crystal):
     # are far fewer than the 26 N other images
     named = set(np.unique(images[(images < 27 * n) & (images // n != CENTRE)]).tolist())
     ghosts = np.asarray(nbrs.table.ghosts)
-    count = int(ghost_count(model.neighbor_lists.list_positions(R, C), C,
-                            model.neighbor_lists.reach))
+    count = int(np.sum(_ghost_mask(np.asarray(model.neighbor_lists.list_positions(R, C)),
+                                   np.asarray(C), model.neighbor_lists.reach)))
     assert named <= set(ghosts[:count].tolist())
     assert len(named) < count < 4 * n
     assert np.all(np.diff(ghosts[:count]) > 0)  # increasing slot order
     assert np.all(ghosts[count:] == CENTRE * n)  # spare entries: atom 0's own image
+    # the allocation's table (numpy) is the one a rebuild computes (jax)
+    lists = model.neighbor_lists
+    traced, over = jax.jit(image_table, static_argnums=(3, 4))(
+        nbrs.images, lists.list_positions(R, C), C, lists.reach, ghosts.shape[0])
+    assert not bool(over)
+    assert np.array_equal(np.asarray(traced.slots), np.asarray(nbrs.table.slots))
+    assert np.array_equal(np.asarray(traced.ghosts), ghosts)
 
 
 def test_forces_with_the_table_equal_those_without_bit_for_bit(crystal):

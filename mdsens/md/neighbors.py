@@ -285,19 +285,27 @@ def _ghost_mask(X: Array, C: Array, reach: float) -> Array:
     the fractional positions ``(N, d)`` in ``[0, 1)``, ``C`` the cell). Every image a list
     built on ``X`` can name is one of them (a pair vector of length ≤ reach has
     fractional components ≤ :math:`w_k`); like LAMMPS's ghost atoms, they depend on the
-    positions alone, not on which rows a process lists."""
-    n, d = X.shape
+    positions alone, not on which rows a process lists. Numpy in, numpy out (host-side
+    allocation); otherwise jax (traceable)."""
+    xp = np if isinstance(X, np.ndarray) else jnp
+    d = X.shape[1]
     w = reach / _cell_search.perpendicular_widths(C) * (1.0 + 1e-9)
-    shifts = jnp.asarray(image_shifts(d), X.dtype)
-    pos = X[None, :, :] + shifts[:, None, :]
-    near = jnp.all((pos >= -w) & (pos <= 1.0 + w), axis=-1)
-    return near.at[(3**d - 1) // 2].set(False).reshape(-1)
+    pos = X[None, :, :] + xp.asarray(image_shifts(d), X.dtype)[:, None, :]
+    near = xp.all((pos >= -w) & (pos <= 1.0 + w), axis=-1)
+    return (near & (xp.arange(3**d) != (3**d - 1) // 2)[:, None]).reshape(-1)
 
 
-def ghost_count(X: Array, C: Array, reach: float) -> Array:
-    """Number (int32 scalar) of ghosts of fractional positions ``X`` in cell ``C`` (the
-    images of :func:`_ghost_mask`)."""
-    return jnp.sum(_ghost_mask(X, C, reach), dtype=jnp.int32)
+def _renumbering(ghost: Array, n: int, capacity: int) -> Array:
+    """``(3^d N + 1,)`` int32: the :class:`ImageTable` slot of every image slot ``j + N
+    t`` and of the padding ``N 3^d``, for the ghosts ``ghost`` (:func:`_ghost_mask`)
+    numbered in increasing slot order (numpy or jax, as ``ghost``)."""
+    xp = np if isinstance(ghost, np.ndarray) else jnp
+    centre = (ghost.shape[0] // n - 1) // 2
+    rank = xp.cumsum(ghost, dtype=xp.int32) - 1
+    code = xp.arange(ghost.shape[0], dtype=xp.int32)
+    renumber = xp.where(code // n == centre, code - centre * n,
+                        xp.where(ghost & (rank < capacity), n + 1 + rank, n))
+    return xp.concatenate([renumber, xp.full((1,), n, xp.int32)]).astype(xp.int32)
 
 
 def image_table(slots: Array, X: Array, C: Array, reach: float, capacity: int
@@ -306,19 +314,31 @@ def image_table(slots: Array, X: Array, C: Array, reach: float, capacity: int
     with ``N 3^d``) of a list built at fractional positions ``X`` in cell ``C`` with
     ``reach``, with room for ``capacity`` ghosts, and whether it overflowed (bool scalar:
     more ghosts than ``capacity``; the extra ones then read the padding entry).
-
-    Ghosts are numbered in increasing slot order (a prefix sum over the ``3^d N`` slots).
+    Traceable; ghosts are numbered in increasing slot order.
     """
     n, d = X.shape
-    centre = (3**d - 1) // 2
     ghost = _ghost_mask(X, C, reach)
-    rank = jnp.cumsum(ghost, dtype=jnp.int32) - 1
-    code = jnp.arange(3**d * n, dtype=jnp.int32)
-    renumber = jnp.where(code // n == centre, code - centre * n,
-                         jnp.where(ghost & (rank < capacity), n + 1 + rank, n))
-    renumber = jnp.concatenate([renumber, jnp.full((1,), n, jnp.int32)])  # the padding
-    ghosts = jnp.nonzero(ghost, size=capacity, fill_value=centre * n)[0].astype(jnp.int32)
-    return ImageTable(renumber[slots], ghosts), rank[-1] + 1 > capacity
+    renumber = _renumbering(ghost, n, capacity)
+    # each ghost's slot to its row (a scatter compiles faster than jnp.nonzero)
+    row = jnp.where(renumber[:-1] > n, renumber[:-1] - (n + 1), capacity)  # capacity: dropped
+    ghosts = jnp.full((capacity,), (3**d - 1) // 2 * n, jnp.int32).at[row].set(
+        jnp.arange(ghost.shape[0], dtype=jnp.int32), mode="drop")
+    return ImageTable(renumber[slots], ghosts), jnp.sum(ghost, dtype=jnp.int32) > capacity
+
+
+def _image_table_host(slots: Array, X: Array, C: Array, reach: float,
+                      multiplier: float) -> ImageTable:
+    """:func:`image_table` of a new list, in numpy (no program to compile), with room for
+    ``multiplier`` times its ghosts, plus 16."""
+    X, C = np.asarray(X), np.asarray(C)
+    n, d = X.shape
+    ghost = _ghost_mask(X, C, reach)
+    found = np.flatnonzero(ghost).astype(np.int32)
+    capacity = int(found.size * multiplier) + 16
+    ghosts = np.full(capacity, (3**d - 1) // 2 * n, np.int32)
+    ghosts[:found.size] = found
+    renumber = _renumbering(ghost, n, capacity)
+    return ImageTable(jnp.asarray(renumber[np.asarray(slots)]), jnp.asarray(ghosts))
 
 
 def _nl_box(cell: Array) -> Array:
@@ -345,8 +365,6 @@ _candidates = jax.jit(_cell_search.candidates, static_argnums=(2, 3, 4))
 _max_neighbors = jax.jit(_cell_search.max_neighbors)
 _owned_counts_jit = jax.jit(owned_counts)
 _owned_slots_jit = jax.jit(owned_slots, static_argnums=(2, 3))
-_ghost_count_jit = jax.jit(ghost_count, static_argnums=2)
-_image_table_jit = jax.jit(image_table, static_argnums=(3, 4))
 
 
 def _wrap(S: Array) -> Array:
@@ -519,9 +537,7 @@ class NeighborListManager:
         for ``capacity_multiplier`` times its ghosts, plus 16."""
         if not self.image_table or images is None or owned is not None:
             return None
-        count = int(_ghost_count_jit(X, C, self.reach))
-        capacity = int(count * self.capacity_multiplier) + 16
-        return _image_table_jit(images, X, C, self.reach, capacity)[0]
+        return _image_table_host(images, X, C, self.reach, self.capacity_multiplier)
 
     def _too_narrow_for_images(self, C: Array) -> Array:
         """True (``bool`` scalar array; jit-able) if a list in cell ``C`` may not carry
