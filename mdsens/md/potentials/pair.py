@@ -114,8 +114,8 @@ class PairPotential(Potential):
     """Blocked force loops (above ``CHUNKED_ABOVE`` = 1024 atoms) read displacements
     from periodic images; lists without owned pairs give them a short table of ghosts
     (``ImageTable``) instead of every image of every atom: LJ fcc N = 32000, one core,
-    force evaluation 14.4–14.6 against 15.6–16.4 ms (two runs), a rebuild 12–14 ms
-    dearer."""
+    force evaluation 13.9–14.6 against 15.2–16.4 ms (three runs), a rebuild 14–17 ms
+    dearer (about 6 rebuilds in a 433-step relaxation)."""
     owned_pairs: ClassVar[tuple[int, int] | None] = (1024, 12000)
     """Where the force loop runs over owned pairs (one core, relaxations to 1e-8, warm):
     Kob–Andersen N = 4000 18 % faster (19.4 against 23.7 s), force evaluations of LJ fcc
