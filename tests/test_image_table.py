@@ -16,7 +16,7 @@ import pytest
 
 from mdsens.md import System, build, lennard_jones, relax
 from mdsens.md._driver import common_lists
-from mdsens.md.neighbors import NeighborListManager, _ghost_mask, image_table
+from mdsens.md.neighbors import NeighborListManager, _ghost_mask, _image_table_host, image_table
 from mdsens.md.potentials.pair import PairPotential
 
 jax.config.update("jax_enable_x64", True)
@@ -128,6 +128,12 @@ def test_too_many_ghosts_are_reported_as_list_overflow(crystal):
     X = lists.list_positions(R, C)
     _, over = image_table(nbrs.images, X, C, lists.reach, 8)
     assert bool(over)
+    # a slot outside the ghosts (here: ghosts of a shorter reach) fails the table too
+    capacity = nbrs.table.ghosts.shape[0]
+    assert not bool(image_table(nbrs.images, X, C, lists.reach, capacity)[1])
+    assert bool(image_table(nbrs.images, X, C, 0.5 * lists.reach, capacity)[1])
+    assert _image_table_host(nbrs.images, X, C, 0.5 * lists.reach, 1.25) is None
+    assert _image_table_host(nbrs.images, X, C, lists.reach, 1.25) is not None
     small = dataclasses.replace(nbrs, table=dataclasses.replace(
         nbrs.table, ghosts=nbrs.table.ghosts[:8]))
     assert not bool(model.overflowed(small))

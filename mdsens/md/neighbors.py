@@ -123,7 +123,8 @@ class ImageTable:
       ghosts: ``(G,)`` int32, the image slot ``j + N t`` of each ghost in increasing order;
         unused entries hold ``N c`` (atom 0's own image, c the centre image's number).
         ``G`` is the capacity (:meth:`NeighborListManager.allocate`); a rebuild that
-        finds more ghosts sets the list's overflow bit.
+        finds more ghosts, or a slot that is not a ghost (which the geometry rules out),
+        sets the list's overflow bit; an allocation with such a slot gives no table.
     """
 
     slots: Array
@@ -312,9 +313,10 @@ def image_table(slots: Array, X: Array, C: Array, reach: float, capacity: int
                 ) -> tuple[ImageTable, Array]:
     r"""The :class:`ImageTable` of image slots ``slots`` ``(N, M)`` (``j + N t``, padded
     with ``N 3^d``) of a list built at fractional positions ``X`` in cell ``C`` with
-    ``reach``, with room for ``capacity`` ghosts, and whether it overflowed (bool scalar:
-    more ghosts than ``capacity``; the extra ones then read the padding entry).
-    Traceable; ghosts are numbered in increasing slot order.
+    ``reach``, with room for ``capacity`` ghosts, and whether it failed (bool scalar:
+    more ghosts than ``capacity``, or a slot of ``slots`` that is not a ghost; such slots
+    read the padding entry, and the caller must not use the table). Traceable; ghosts are
+    numbered in increasing slot order.
     """
     n, d = X.shape
     ghost = _ghost_mask(X, C, reach)
@@ -323,22 +325,27 @@ def image_table(slots: Array, X: Array, C: Array, reach: float, capacity: int
     row = jnp.where(renumber[:-1] > n, renumber[:-1] - (n + 1), capacity)  # capacity: dropped
     ghosts = jnp.full((capacity,), (3**d - 1) // 2 * n, jnp.int32).at[row].set(
         jnp.arange(ghost.shape[0], dtype=jnp.int32), mode="drop")
-    return ImageTable(renumber[slots], ghosts), jnp.sum(ghost, dtype=jnp.int32) > capacity
+    table = ImageTable(renumber[slots], ghosts)
+    missed = jnp.any((table.slots == n) & (slots < n * 3**d))
+    return table, (jnp.sum(ghost, dtype=jnp.int32) > capacity) | missed
 
 
 def _image_table_host(slots: Array, X: Array, C: Array, reach: float,
-                      multiplier: float) -> ImageTable:
+                      multiplier: float) -> ImageTable | None:
     """:func:`image_table` of a new list, in numpy (no program to compile), with room for
-    ``multiplier`` times its ghosts, plus 16."""
-    X, C = np.asarray(X), np.asarray(C)
+    ``multiplier`` times its ghosts, plus 16; None if a slot is not a ghost (the list then
+    reads every image, as without a table)."""
+    X, C, slots = np.asarray(X), np.asarray(C), np.asarray(slots)
     n, d = X.shape
     ghost = _ghost_mask(X, C, reach)
     found = np.flatnonzero(ghost).astype(np.int32)
     capacity = int(found.size * multiplier) + 16
     ghosts = np.full(capacity, (3**d - 1) // 2 * n, np.int32)
     ghosts[:found.size] = found
-    renumber = _renumbering(ghost, n, capacity)
-    return ImageTable(jnp.asarray(renumber[np.asarray(slots)]), jnp.asarray(ghosts))
+    renumbered = _renumbering(ghost, n, capacity)[slots]
+    if np.any((renumbered == n) & (slots < n * 3**d)):
+        return None
+    return ImageTable(jnp.asarray(renumbered), jnp.asarray(ghosts))
 
 
 def _nl_box(cell: Array) -> Array:
