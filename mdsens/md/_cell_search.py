@@ -151,8 +151,7 @@ def _search_words(X: Array, cell: Array, grid: tuple[int, ...], cell_capacity: i
     most = None  # dense_search takes it from its rows' counts when they are all the rows
     if (lo, hi) != (0, n):  # every atom's count (a padded cell slot sits at the origin and
         # has bits of its own, so the largest count over slots would overstate it)
-        counts = jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=1)
-        most = jnp.max(counts[row])
+        most = jnp.max(_bits_per_row(words)[row])
     return words[row[lo:hi]], table, cid, count, most
 
 
@@ -211,7 +210,12 @@ def max_neighbors(found: tuple[Array, ...]) -> Array:
     :func:`candidates`."""
     if found[4] is not None:
         return found[4]
-    return jnp.max(jnp.sum(jax.lax.population_count(found[0]).astype(jnp.int32), axis=1))
+    return jnp.max(_bits_per_row(found[0]))
+
+
+def _bits_per_row(words: Array) -> Array:
+    """``(rows,)`` int32: the set bits of each row of packed words (its neighbour count)."""
+    return jnp.sum(jax.lax.population_count(words).astype(jnp.int32), axis=1)
 
 
 def dense_search(
