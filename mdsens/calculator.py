@@ -33,8 +33,8 @@ Reuse across calls
   replication the cell needs (:func:`mdsens.md.model.build`'s rule: copies along lattice
   vector k while its perpendicular width is below :math:`2(r_c + \text{skin})`).
 * Otherwise the neighbour list is kept and updated at every call
-  (:meth:`EnergyModel.update`: rebuilt when an atom moved more than skin/2 or the cell
-  changed); it is reallocated when it overflows.
+  (:meth:`EnergyModel.update`: rebuilt when the two atoms that moved most moved more than
+  skin together, or the cell changed); it is reallocated when it overflows.
 
 Floating point
 --------------

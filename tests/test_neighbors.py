@@ -1,6 +1,6 @@
 """The neighbour-list manager (mdsens.md.neighbors) through its public API, against an
 O(N^2) brute-force neighbour search in numpy: allocation, update with and without a
-rebuild (atoms moved more or less than skin/2, a strained cell), overflow detection and
+rebuild (the two largest moves within or beyond the skin, a strained cell), overflow detection and
 reallocation, free clusters, and the model delegating to it."""
 
 from __future__ import annotations
@@ -73,7 +73,14 @@ def test_allocate_lists_every_pair_within_reach(periodic):
     assert again.nlist.idx.shape == nbrs.nlist.idx.shape
 
 
-def test_update_keeps_list_below_half_skin_and_rebuilds_beyond(periodic):
+def _min_image_distances(R, C):
+    S = np.asarray(R) @ np.linalg.inv(C)
+    dS = S[None, :, :] - S[:, None, :]
+    dS -= np.round(dS)
+    return dS @ C  # (N, N, 3): row i, column j is R_j - R_i by the minimum image
+
+
+def test_update_keeps_list_while_the_two_largest_moves_fit_in_the_skin(periodic):
     manager, update, R, C = periodic
     nbrs = manager.allocate(R, C)
     rng = np.random.default_rng(1)
@@ -88,16 +95,52 @@ def test_update_keeps_list_below_half_skin_and_rebuilds_beyond(periodic):
     for listed, near in zip(_sets(kept), _brute_periodic(small, CELL, CUTOFF), strict=True):
         assert near <= listed
 
-    far = R.at[7].add(jnp.array([0.55 * SKIN, 0.0, 0.0]))  # one atom beyond skin/2
-    assert bool(manager.needs_rebuild(far, C, nbrs))
-    rebuilt = update(far, C, nbrs)
-    assert _sets(rebuilt) == _brute_periodic(far, CELL, REACH)
+    # one atom alone may move almost a whole skin (every other atom stays): the pairs it
+    # now has within the cutoff were within reach at the build
+    d = _min_image_distances(R, CELL)
+    r = np.linalg.norm(d, axis=-1)
+    np.fill_diagonal(r, np.inf)
+    i, j = np.unravel_index(np.argmin(np.where(r > REACH, r, np.inf)), r.shape)
+    assert REACH < r[i, j] < REACH + 0.05 * SKIN  # the closest unlisted pair
+    toward = d[i, j] / r[i, j]  # unit vector from i to j
+    lone = R.at[i].add(0.9 * SKIN * toward)
+    assert not bool(manager.needs_rebuild(lone, C, nbrs))
+    for listed, near in zip(_sets(update(lone, C, nbrs)), _brute_periodic(lone, CELL, CUTOFF),
+                            strict=True):
+        assert near <= listed
+
+    # that pair moving 0.55 skin each toward the other comes within the cutoff: rebuilt
+    both = R.at[i].add(0.55 * SKIN * toward).at[j].add(-0.55 * SKIN * toward)
+    assert j in _brute_periodic(both, CELL, CUTOFF)[i] and j not in _sets(nbrs)[i]
+    assert bool(manager.needs_rebuild(both, C, nbrs))
+    rebuilt = update(both, C, nbrs)
+    assert _sets(rebuilt) == _brute_periodic(both, CELL, REACH)
     np.testing.assert_allclose(rebuilt.nlist.reference_position,
-                               manager.list_positions(far, C), atol=1e-14)
+                               manager.list_positions(both, C), atol=1e-14)
     assert not bool(manager.overflowed(rebuilt))
 
     forced = update(R, C, nbrs, True)  # force: rebuilt although nothing moved
     assert _sets(forced) == _sets(nbrs)
+
+
+def test_two_atoms_tied_at_the_largest_move_count_twice():
+    """Bitwise-equal largest moves (dyadic positions, cell and moves: exact arithmetic),
+    as copies of one atom in a replicated cell give: the second largest move is the tie,
+    not the next smaller one, so 2 × 0.75 skin rebuilds."""
+    cell, skin = 16.0 * np.eye(3), 0.25
+    R = np.round(np.random.default_rng(5).random((300, 3)) * 16 * 64) / 64 % 16
+    manager = NeighborListManager.create(R, cell, CUTOFF, skin)
+    nbrs = manager.allocate(jnp.asarray(R), jnp.asarray(cell))
+    move = np.zeros_like(R)
+    move[[3, 200], 0] = 0.1875  # 0.75 skin each, exactly
+    move[50, 1] = 0.0625  # a smaller move
+    moved = jnp.asarray(R + move)
+    dX = manager.list_positions(moved, jnp.asarray(cell)) - nbrs.nlist.reference_position
+    u2 = np.sum(np.asarray((dX - jnp.round(dX)) @ cell) ** 2, axis=-1)
+    assert u2[3] == u2[200] == 0.1875**2  # a true tie
+    assert bool(manager.needs_rebuild(moved, jnp.asarray(cell), nbrs))
+    one = jnp.asarray(R + np.where(np.arange(300)[:, None] == 200, 0.0, move))
+    assert not bool(manager.needs_rebuild(one, jnp.asarray(cell), nbrs))  # 0.75 + 0.25
 
 
 def test_strained_cell_triggers_rebuild(periodic):

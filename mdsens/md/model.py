@@ -26,8 +26,9 @@ Math and conventions
   ``neighbor_list=True`` or, with ``"auto"``, when the (super)cell has more than
   ``potential.neighbor_list_threshold`` atoms (300; 64 for many-body potentials).
   Pairs are listed within :math:`r_c + \text{skin}`;
-  :meth:`EnergyModel.update` rebuilds when an atom moved more than skin/2 since the last
-  build or when the cell changed (a fractional-coordinate list cannot see a box change).
+  :meth:`EnergyModel.update` rebuilds when the two atoms that moved most since the last
+  build moved more than skin together, or when the cell changed (a fractional-coordinate
+  list cannot see a box change).
   Padded slots carry a constant dummy displacement beyond the cutoff (a double ``where``),
   so parameter and position gradients stay finite. The lists themselves (allocation,
   update, rebuild rule, overflow) are :mod:`mdsens.md.neighbors`; the assembled Hessian
@@ -283,8 +284,8 @@ class EnergyModel:
 
     def needs_rebuild(self, R: Array, cell: Array | None, nbrs: Neighbors) -> Array:
         """True (``bool`` scalar array; jit-able) if :meth:`update` would rebuild ``nbrs``
-        for positions ``R`` and ``cell``: an atom of the internal cell moved more than
-        skin/2, or the cell changed as much
+        for positions ``R`` and ``cell``: the two atoms of the internal cell that moved
+        most moved more than skin together, or the cell changed as much
         (:meth:`mdsens.md.neighbors.NeighborListManager.needs_rebuild`)."""
         R_s, C_s = self.supercell(R, cell)
         return self.neighbor_lists.needs_rebuild(R_s, C_s, nbrs)
