@@ -98,7 +98,9 @@ class Relaxation:
       stress: ``(d, d)`` :math:`\sigma = V^{-1}\partial E/\partial\varepsilon` (eV/Å^d, ASE
         sign) when the cell relaxed, else None.
       stress_residual: :math:`\max_{ij}|\sigma + pI|_{ij}` when the cell relaxed, else None.
-      nbrs: the neighbour list valid at ``system`` (None when the model uses none).
+      nbrs: the neighbour list valid at ``system`` (None when the model uses none, and
+        for a relaxation run on worker processes, :mod:`mdsens.md.processes`:
+        ``model.allocate(system.positions, system.cell)`` gives one).
       steps: minimiser steps taken (static).
       converged: whether the tolerances were met (static).
       status: a :class:`Status` (static); ``.message`` says what to do.
