@@ -290,10 +290,16 @@ def _ghost_mask(X: Array, C: Array, reach: float) -> Array:
     positions alone, not on which rows a process lists. Numpy in, numpy out (host-side
     allocation); otherwise jax (traceable)."""
     xp = np if isinstance(X, np.ndarray) else jnp
-    d = X.shape[1]
-    w = reach / _cell_search.perpendicular_widths(C) * (1.0 + 1e-9)
-    pos = X[None, :, :] + xp.asarray(image_shifts(d), X.dtype)[:, None, :]
-    near = xp.all((pos >= -w) & (pos <= 1.0 + w), axis=-1)
+    n, d = X.shape
+    w = (reach / _cell_search.perpendicular_widths(C) * (1.0 + 1e-9))[:, None, None]
+    # per direction k and shift s of -1, 0, 1 (the order of image_shifts: the last
+    # direction varies fastest), then their products: 3d N tests instead of 3^d d N
+    # (numpy at N = 32000: 1.7 against 20 ms)
+    pos = X.T[:, None, :] + xp.asarray([-1.0, 0.0, 1.0], X.dtype)[None, :, None]
+    inside = (pos >= -w) & (pos <= 1.0 + w)  # (d, 3, N)
+    near = inside[0]
+    for k in range(1, d):
+        near = (near[:, None, :] & inside[k][None, :, :]).reshape(-1, n)
     return (near & (xp.arange(3**d) != (3**d - 1) // 2)[:, None]).reshape(-1)
 
 
