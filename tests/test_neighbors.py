@@ -219,3 +219,28 @@ def test_model_delegates_to_its_manager():
     R_s, C_s = model.supercell(jnp.asarray(R), jnp.asarray(cell))
     assert _sets(nbrs) == _brute_periodic(R_s, np.asarray(C_s), REACH)
     assert model.overflowed(None) == False  # noqa: E712 (a bool scalar array)
+
+
+def test_a_list_with_no_pair_within_reach_allocates_and_grows():
+    """A dilute periodic system (nearest neighbours 1.5 reach apart) has empty rows: the
+    list is one padded slot wide (was: an index error in the owned-pair compaction), the
+    energy and forces are zero, and once the atoms are brought together the list grows by
+    reallocation to what a brute-force search lists."""
+    k, spacing = 8, 1.5 * REACH
+    grid = np.stack(np.meshgrid(*[np.arange(k)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    cell = np.eye(3) * k * spacing
+    R = jnp.asarray(grid * spacing)
+    model = build(System.create(R, cell), potentials.lennard_jones(r_onset=1.5,
+                                                                    r_cutoff=CUTOFF),
+                  neighbor_list=True, skin=SKIN)
+    nbrs = model.allocate(R, jnp.asarray(cell))
+    assert nbrs.nlist.idx.shape == (k**3, 1) and not bool(model.overflowed(nbrs))
+    assert nbrs.owned is None or nbrs.owned.shape == (k**3, 1)
+    e, g = jax.value_and_grad(model.energy)(R, jnp.asarray(cell), None, nbrs)
+    assert float(e) == 0.0 and not np.any(np.asarray(g))
+    dense, dense_cell = R * 0.5, jnp.asarray(cell * 0.5)  # neighbours 0.75 reach apart
+    grown = model.update(dense, dense_cell, nbrs)
+    assert bool(model.overflowed(grown))
+    fresh = model.allocate(dense, dense_cell)
+    assert not bool(model.overflowed(fresh))
+    assert _sets(fresh) == _brute_periodic(dense, 0.5 * cell, REACH)

@@ -616,7 +616,7 @@ class NeighborListManager:
         n = Xn.shape[0]
         found = _candidates(X, C, grid, capacity, self.reach)  # one round of tests
         most = int(_max_neighbors(found))
-        width = min(int(most * self.capacity_multiplier + extra_capacity), n - 1)
+        width = max(1, min(int(most * self.capacity_multiplier + extra_capacity), n - 1))
         idx, _, _, _ = _dense_search(X, C, grid, capacity, width, self.reach, found=found)
         error = partition.PartitionError(jnp.zeros((), jnp.uint8))
         return template.set(idx=idx, reference_position=X, error=error, max_occupancy=width)
