@@ -37,7 +37,7 @@ from . import _relax_loop as _loop
 from ._models import model_for
 from ._relaxation import Relaxation, Status
 from .model import EnergyModel, Neighbors
-from .neighbors import ImageTable
+from .neighbors import ImageTable, spare_ghost
 from .options import RelaxOptions
 from .potentials.base import LJ_BOND_STIFFNESS
 from .stage_store import stage as persistent_stage
@@ -226,11 +226,10 @@ def common_lists(model: EnergyModel, lists: Sequence[Neighbors]) -> Neighbors:
                             constant_values=empty * 3**model.dim)
         table = None
         if with_table:  # padding slot N; spare ghosts name atom 0's own image
-            centre = (3**model.dim - 1) // 2
             table = ImageTable(
                 jnp.pad(n.table.slots, extra, constant_values=empty),
                 jnp.pad(n.table.ghosts, (0, ghosts - n.table.ghosts.shape[0]),
-                        constant_values=centre * empty))
+                        constant_values=spare_ghost(empty, model.dim)))
         idx = jnp.pad(idx, extra, constant_values=empty)
         nl = nl.set(idx=idx, max_occupancy=width, cell_list_capacity=cell_cap,
                     cell_list_fn=fn)

@@ -330,11 +330,23 @@ def image_table(slots: Array, X: Array, C: Array, reach: float, capacity: int
     renumber = _renumbering(ghost, n, capacity)
     # each ghost's slot to its row (a scatter compiles faster than jnp.nonzero)
     row = jnp.where(renumber[:-1] > n, renumber[:-1] - (n + 1), capacity)  # capacity: dropped
-    ghosts = jnp.full((capacity,), (3**d - 1) // 2 * n, jnp.int32).at[row].set(
+    ghosts = jnp.full((capacity,), spare_ghost(n, d), jnp.int32).at[row].set(
         jnp.arange(ghost.shape[0], dtype=jnp.int32), mode="drop")
     table = ImageTable(renumber[slots], ghosts)
-    missed = jnp.any((table.slots == n) & (slots < n * 3**d))
-    return table, (jnp.sum(ghost, dtype=jnp.int32) > capacity) | missed
+    over = jnp.sum(ghost, dtype=jnp.int32) > capacity
+    return table, over | _not_a_ghost(table.slots, slots, n, d)
+
+
+def spare_ghost(n: int, d: int) -> int:
+    """What an unused :attr:`ImageTable.ghosts` entry holds: atom 0's own image slot
+    ``N c`` (c the centre image's number)."""
+    return (3**d - 1) // 2 * n
+
+
+def _not_a_ghost(renumbered: Array, slots: Array, n: int, d: int) -> Array:
+    """Whether a real image slot of ``slots`` (``j + N t``, padded with ``N 3^d``) was
+    renumbered to the padding entry ``N``: it is not a ghost (bool; numpy or jax)."""
+    return ((renumbered == n) & (slots < n * 3**d)).any()
 
 
 def _image_table_host(slots: Array, X: Array, C: Array, reach: float,
@@ -347,10 +359,10 @@ def _image_table_host(slots: Array, X: Array, C: Array, reach: float,
     ghost = _ghost_mask(X, C, reach)
     found = np.flatnonzero(ghost).astype(np.int32)
     capacity = int(found.size * multiplier) + 16
-    ghosts = np.full(capacity, (3**d - 1) // 2 * n, np.int32)
+    ghosts = np.full(capacity, spare_ghost(n, d), np.int32)
     ghosts[:found.size] = found
     renumbered = _renumbering(ghost, n, capacity)[slots]
-    if np.any((renumbered == n) & (slots < n * 3**d)):
+    if _not_a_ghost(renumbered, slots, n, d):
         return None
     return ImageTable(jnp.asarray(renumbered), jnp.asarray(ghosts))
 
